@@ -217,12 +217,10 @@ impl Machine for Client {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        if let Some(due) = self.poll_timeout() {
-            if due <= now {
-                let mut keepalive = Vec::new();
-                wire::encode_frame(&self.name, &[], &mut keepalive);
-                self.transmit(keepalive, now);
-            }
+        if self.poll_timeout().is_some_and(|due| due <= now) {
+            let mut keepalive = Vec::new();
+            wire::encode_frame(&self.name, &[], &mut keepalive);
+            self.transmit(keepalive, now);
         }
     }
 

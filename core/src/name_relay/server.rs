@@ -208,6 +208,12 @@ pub struct Server {
     stats: Stats,
 }
 
+/// The first instant *more than* `timeout` after `from`: the spec's timeouts are
+/// strict ("more than 30 s"), and a deadline fires at `<= now`.
+fn after(from: Instant, timeout: Duration) -> Instant {
+    from + timeout + Duration::from_nanos(1)
+}
+
 fn lossy(name: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
@@ -253,11 +259,11 @@ impl Server {
     fn send(&mut self, conn: ConnId, bytes: impl FnOnce(&mut Vec<u8>)) {
         // Coalesce with a Send to the same connection queued just before: many
         // small frames from one read become one write.
-        if let Some(Action::Send { conn: last, data }) = self.actions.back_mut() {
-            if *last == conn {
-                bytes(data);
-                return;
-            }
+        if let Some(Action::Send { conn: last, data }) = self.actions.back_mut()
+            && *last == conn
+        {
+            bytes(data);
+            return;
         }
         let mut data = Vec::new();
         bytes(&mut data);
@@ -287,7 +293,7 @@ impl Server {
             },
         );
         self.deadlines
-            .set(conn, now + self.config.registration_timeout);
+            .set(conn, after(now, self.config.registration_timeout));
     }
 
     fn receive(&mut self, id: ConnId, data: &[u8], now: Instant) {
@@ -393,7 +399,7 @@ impl Server {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.registration = Registration::Named(name.clone());
         }
-        self.deadlines.set(id, now + self.config.idle_timeout);
+        self.deadlines.set(id, after(now, self.config.idle_timeout));
         self.events.push_back(Event::Registered {
             conn: id,
             name: lossy(&name),
@@ -489,10 +495,10 @@ impl Server {
                 CloseReason::RegistrationTimeout(self.config.registration_timeout)
             }
             Registration::Named(_) => {
-                let due = conn.last_rx + self.config.idle_timeout;
+                let due = after(conn.last_rx, self.config.idle_timeout);
                 if conn.waiting_for.is_some() {
                     // Paused by us: not idle (NR-12). Look again later.
-                    self.deadlines.set(id, now + self.config.idle_timeout);
+                    self.deadlines.set(id, after(now, self.config.idle_timeout));
                     return;
                 }
                 if due > now {
@@ -574,5 +580,268 @@ impl Machine for Server {
 
     fn poll_timeout(&self) -> Option<Instant> {
         self.deadlines.next()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::ListenerId;
+
+    const L: ListenerId = ListenerId(1);
+
+    struct Harness {
+        server: Server,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new(config: Config) -> Self {
+            Self {
+                server: Server::new(config),
+                now: crate::test_epoch(),
+            }
+        }
+        fn input(&mut self, input: Input<'_>) -> Vec<Action> {
+            self.server.handle_input(input, self.now);
+            self.drain()
+        }
+        fn drain(&mut self) -> Vec<Action> {
+            std::iter::from_fn(|| self.server.poll_action()).collect()
+        }
+        fn events(&mut self) -> Vec<Event> {
+            std::iter::from_fn(|| self.server.poll_event()).collect()
+        }
+        fn accept(&mut self, id: u64) -> ConnId {
+            let conn = ConnId(id);
+            let peer = "127.0.0.1:1".parse().unwrap();
+            assert!(
+                self.input(Input::Accepted {
+                    listener: L,
+                    conn,
+                    peer
+                })
+                .is_empty()
+            );
+            conn
+        }
+        fn recv(&mut self, conn: ConnId, data: &[u8]) -> Vec<Action> {
+            self.input(Input::Received { conn, data })
+        }
+        fn named(&mut self, id: u64, name: &str) -> ConnId {
+            let conn = self.accept(id);
+            assert!(self.recv(conn, format!("{name}|").as_bytes()).is_empty());
+            conn
+        }
+        fn advance(&mut self, by: Duration) -> Vec<Action> {
+            self.now += by;
+            self.server.handle_timeout(self.now);
+            self.drain()
+        }
+    }
+
+    fn send(conn: ConnId, data: &[u8]) -> Action {
+        Action::Send {
+            conn,
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn nr6_frame_is_delivered_with_the_sender_name() {
+        let mut h = Harness::new(Config::default());
+        let a = h.named(1, "device_a");
+        let b = h.named(2, "device_b");
+        assert_eq!(
+            h.recv(b, b"device_a|5|hello"),
+            vec![send(a, b"device_b|5|hello")]
+        );
+        assert_eq!(h.server.stats().frames_delivered, 1);
+    }
+
+    #[test]
+    fn nr11_frames_split_byte_by_byte_coalesce_per_read() {
+        let mut h = Harness::new(Config::default());
+        let a = h.named(1, "a");
+        let b = h.named(2, "b");
+        let mut out = Vec::new();
+        for byte in b"a|3|xyza|0|" {
+            out.extend(h.recv(b, &[*byte]));
+        }
+        assert_eq!(out, vec![send(a, b"b|3|xyz"), send(a, b"b|0|")]);
+        // Many frames in one read become one write.
+        assert_eq!(h.recv(b, b"a|1|1a|1|2"), vec![send(a, b"b|1|1b|1|2")]);
+    }
+
+    #[test]
+    fn nr7_duplicate_name_closes_the_newcomer_only() {
+        let mut h = Harness::new(Config::default());
+        let a = h.named(1, "a");
+        let dup = h.accept(2);
+        assert_eq!(h.recv(dup, b"a|b|1|x"), vec![Action::Close { conn: dup }]);
+        assert_eq!(h.server.holder_of(b"a"), Some(a));
+        let events = h.events();
+        assert!(events.iter().any(|e| matches!(e, Event::Closed { conn, reason: CloseReason::DuplicateName(_), .. } if *conn == dup)));
+    }
+
+    #[test]
+    fn nr8_unknown_destination_is_consumed_and_counted() {
+        let mut h = Harness::new(Config::default());
+        let a = h.named(1, "a");
+        let b = h.named(2, "b");
+        assert_eq!(h.recv(a, b"nobody|3|xyzb|1|!"), vec![send(b, b"a|1|!")]);
+        assert_eq!(h.server.stats().frames_dropped, 1);
+    }
+
+    #[test]
+    fn nr10_keepalive_delivers_nothing_and_resets_idle() {
+        let mut h = Harness::new(Config::default());
+        let a = h.named(1, "a");
+        assert!(h.advance(Duration::from_secs(25)).is_empty());
+        assert!(h.recv(a, b"a|0|").is_empty());
+        assert!(h.advance(Duration::from_secs(25)).is_empty());
+        assert_eq!(h.server.stats().keepalives, 1);
+        assert_eq!(
+            h.advance(Duration::from_secs(6)),
+            vec![Action::Close { conn: a }]
+        );
+    }
+
+    #[test]
+    fn nr3_no_name_in_time_closes() {
+        let mut h = Harness::new(Config::default());
+        let c = h.accept(1);
+        assert!(h.recv(c, b"half").is_empty());
+        assert!(h.advance(Duration::from_millis(3_000)).is_empty());
+        assert_eq!(
+            h.advance(Duration::from_millis(1)),
+            vec![Action::Close { conn: c }]
+        );
+    }
+
+    #[test]
+    fn nr9_idle_connection_closes() {
+        let mut h = Harness::new(Config::default());
+        let a = h.named(1, "a");
+        assert!(h.advance(Duration::from_secs(30)).is_empty());
+        assert_eq!(
+            h.advance(Duration::from_millis(1)),
+            vec![Action::Close { conn: a }]
+        );
+        assert_eq!(h.server.holder_of(b"a"), None);
+    }
+
+    #[test]
+    fn nr5_malformed_input_closes_only_that_connection() {
+        for bad in [&b"b|x|"[..], b"|3|abc", b"b|99999999999|", &[b'n'; 300]] {
+            let mut h = Harness::new(Config::default());
+            let a = h.named(1, "a");
+            let b = h.named(2, "b");
+            let bad_conn = h.named(3, "bad");
+            assert_eq!(
+                h.recv(bad_conn, bad),
+                vec![Action::Close { conn: bad_conn }],
+                "{bad:?}"
+            );
+            assert_eq!(h.recv(a, b"b|2|ok"), vec![send(b, b"a|2|ok")]);
+        }
+    }
+
+    #[test]
+    fn nr12_full_receiver_pauses_sender_until_flushed() {
+        let mut h = Harness::new(Config {
+            max_queued_bytes: 100,
+            ..Config::default()
+        });
+        let a = h.named(1, "a");
+        let b = h.named(2, "b");
+        let frame = [b"a|60|".as_slice(), &[7u8; 60]].concat();
+        let two = [frame.clone(), frame.clone(), frame.clone()].concat();
+        let actions = h.recv(b, &two);
+        // Two frames reach a (130 bytes > 100), then b is paused; the third waits.
+        assert_eq!(actions.len(), 2);
+        assert!(
+            matches!(&actions[0], Action::Send { conn, data } if *conn == a && data.len() == 130)
+        );
+        assert_eq!(actions[1], Action::PauseRead { conn: b });
+        // Paused time is not idle time: b stays silent for 50 s (a keeps itself alive).
+        assert!(h.advance(Duration::from_secs(25)).is_empty());
+        assert!(h.recv(a, b"a|0|").is_empty());
+        assert!(h.advance(Duration::from_secs(25)).is_empty());
+        let actions = h.input(Input::Flushed {
+            conn: a,
+            bytes: 130,
+        });
+        assert_eq!(actions.len(), 2);
+        assert!(
+            matches!(&actions[0], Action::Send { conn, data } if *conn == a && data.len() == 65)
+        );
+        assert_eq!(actions[1], Action::ResumeRead { conn: b });
+    }
+
+    #[test]
+    fn nr12_receiver_leaving_releases_its_senders() {
+        let mut h = Harness::new(Config {
+            max_queued_bytes: 10,
+            ..Config::default()
+        });
+        let a = h.named(1, "a");
+        let b = h.named(2, "b");
+        let actions = h.recv(b, b"a|20|aaaaaaaaaaaaaaaaaaaaa|1|x");
+        assert_eq!(actions.last(), Some(&Action::PauseRead { conn: b }));
+        assert_eq!(
+            h.input(Input::Closed { conn: a }),
+            vec![Action::ResumeRead { conn: b }]
+        );
+        assert_eq!(h.server.stats().frames_dropped, 1);
+    }
+
+    #[test]
+    fn nr13_connections_over_the_limit_are_closed() {
+        let mut h = Harness::new(Config {
+            max_connections: 1,
+            ..Config::default()
+        });
+        h.accept(1);
+        let extra = ConnId(2);
+        let peer = "127.0.0.1:2".parse().unwrap();
+        assert_eq!(
+            h.input(Input::Accepted {
+                listener: L,
+                conn: extra,
+                peer
+            }),
+            vec![Action::Close { conn: extra }]
+        );
+    }
+
+    #[test]
+    fn nr14_a_name_is_free_again_after_its_holder_leaves() {
+        let mut h = Harness::new(Config::default());
+        let a = h.named(1, "a");
+        assert!(h.input(Input::Closed { conn: a }).is_empty());
+        let again = h.named(2, "a");
+        assert_eq!(h.server.holder_of(b"a"), Some(again));
+    }
+
+    #[test]
+    fn nr15_a_frame_to_oneself_with_payload_comes_back() {
+        let mut h = Harness::new(Config::default());
+        let a = h.named(1, "a");
+        assert_eq!(h.recv(a, b"a|2|hi"), vec![send(a, b"a|2|hi")]);
+    }
+
+    #[test]
+    fn listen_command_asks_for_a_core_allocated_listener() {
+        let mut h = Harness::new(Config::default());
+        let addr = "127.0.0.1:8080".parse().unwrap();
+        h.server.handle_command(Command::Listen(addr), h.now);
+        match h.drain().as_slice() {
+            [Action::Listen { listener, addr: a }] => {
+                assert!(listener.is_core_allocated());
+                assert_eq!(*a, addr);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

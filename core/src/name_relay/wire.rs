@@ -87,7 +87,7 @@ fn length_field(input: &[u8]) -> IResult<&[u8], &[u8]> {
 /// Parse `name|`, the name at the front of `input`, capped at `max_name` bytes.
 fn name(input: &[u8], max_name: usize) -> Result<Parsed<&[u8]>, WireError> {
     match field(input) {
-        Ok((_, name)) if name.is_empty() => Err(WireError::EmptyName),
+        Ok((_, [])) => Err(WireError::EmptyName),
         Ok((_, name)) if name.len() > max_name => Err(WireError::NameTooLong { max: max_name }),
         Ok((_, name)) => Ok(Parsed::Done {
             value: name,
