@@ -70,6 +70,9 @@ id_type!(
     "udp"
 );
 
+/// The most bytes a runtime may still deliver for a connection after `PauseRead`.
+pub const MAX_READ_AHEAD: usize = 256 << 10;
+
 /// Hands out core-side ids (with [`CORE_ID_BIT`] set), in order, deterministically.
 #[derive(Debug, Default, Clone)]
 pub struct IdAllocator {
@@ -94,11 +97,14 @@ impl IdAllocator {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input<'a> {
     /// An `Action::Listen` succeeded; `local` is the bound address (port 0 resolved).
+    /// A runtime that adopts a listener the application bound itself reports it
+    /// with this input too (with a runtime-allocated id), before any `Accepted` on it.
     Listening {
         listener: ListenerId,
         local: SocketAddr,
     },
-    /// An `Action::Listen` failed.
+    /// An `Action::Listen` failed, or a listener failed later (accept error):
+    /// either way no further input comes for it.
     ListenFailed {
         listener: ListenerId,
         error: &'a str,
@@ -115,7 +121,8 @@ pub enum Input<'a> {
     ConnectFailed { conn: ConnId, error: &'a str },
     /// Bytes read from `conn`, in order.
     Received { conn: ConnId, data: &'a [u8] },
-    /// The peer closed `conn` or it failed; no further input comes for it.
+    /// The peer closed `conn` (a half-close counts: the relays here have no use
+    /// for one) or it failed; no further input comes for it.
     Closed { conn: ConnId },
     /// `bytes` more bytes of earlier `Action::Send`s on `conn` reached the socket.
     ///
@@ -155,17 +162,21 @@ pub enum Action {
     /// at once) and reports progress with `Flushed`; bounding the queue is the
     /// machine's job, not the runtime's.
     Send { conn: ConnId, data: Vec<u8> },
-    /// Close `conn`. The runtime makes one non-blocking attempt to write what is
-    /// still queued, then closes. No further input comes for `conn`.
+    /// Close `conn`. The runtime writes what is still queued for it within a short
+    /// bounded linger (at most a few seconds; it may be zero), then closes. No
+    /// further input comes for `conn`.
     Close { conn: ConnId },
-    /// Stop reading from `conn` until `ResumeRead`. Data already read may still
-    /// arrive as `Received` after this action; the machine buffers it.
+    /// Stop reading from `conn` until `ResumeRead`. A runtime that reads ahead may
+    /// still deliver up to [`MAX_READ_AHEAD`] bytes it had already read as
+    /// `Received` after this action; the machine buffers them.
     PauseRead { conn: ConnId },
     /// Read from `conn` again.
     ResumeRead { conn: ConnId },
     /// Splice two TCP streams in both directions; the machine never sees those
-    /// bytes again. When either side ends, the runtime closes both and reports
-    /// `Closed` for each.
+    /// bytes again, and gets no `Flushed` for them. Bytes the machine queued
+    /// before the `Pipe` are written first. The runtime bounds what it holds per
+    /// direction by pausing the faster side. When either side ends, the runtime
+    /// closes both and reports `Closed` for each one the machine did not close itself.
     Pipe { a: ConnId, b: ConnId },
     /// Bind a UDP socket; answer with `UdpBound` or `UdpBindFailed`.
     BindUdp { socket: SocketId, addr: SocketAddr },

@@ -1,1 +1,18 @@
+//! # ferry-async-std: ferry's machines as async-std library calls
+//!
+//! - [`driver`]: one generic actor that executes any [`ferry_core::Machine`]'s IO
+//!   vocabulary (TCP, UDP, pipes, timers) over async-std sockets.
+//! - [`name_relay`]: the name relay (seed 004) as [`name_relay::serve`] and
+//!   [`name_relay::NameClient`].
+//!
+//! Everything specific to async-std (spawn, timers, socket types) sits in one
+//! private module, `rt`; the rest is written against `async-channel` and the
+//! `futures-io` traits, so moving to smol is a change to that module.
 
+pub mod driver;
+pub mod name_relay;
+mod race;
+mod rt;
+
+pub use driver::{Backlog, Driver, DriverConfig, DriverStopped};
+pub use rt::{TcpListener, TcpStream, UdpSocket};

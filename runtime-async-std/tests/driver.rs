@@ -1,0 +1,611 @@
+//! The generic driver executing the IO vocabulary, scripted through a puppet
+//! machine: every command is an action to execute, every input becomes an event.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use async_std::io::prelude::*;
+use async_std::net::{TcpListener, TcpStream, UdpSocket};
+use async_std::task;
+use ferry_async_std::driver::READ_BUFFER;
+use ferry_async_std::{Driver, DriverConfig};
+use ferry_core::io::CORE_ID_BIT;
+use ferry_core::{Action, ConnId, Input, ListenerId, Machine, SocketId};
+
+/// What the puppet was told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Listening(ListenerId, SocketAddr),
+    ListenFailed(ListenerId),
+    Accepted(ListenerId, ConnId),
+    Connected(ConnId),
+    ConnectFailed(ConnId),
+    Received(ConnId, Vec<u8>),
+    Closed(ConnId),
+    Flushed(ConnId, usize),
+    UdpBound(SocketId, SocketAddr),
+    Datagram(SocketId, SocketAddr, Vec<u8>),
+    Timeout,
+    Other,
+}
+
+enum Cmd {
+    Do(Action),
+    WakeAt(Instant),
+}
+
+#[derive(Default)]
+struct Puppet {
+    actions: VecDeque<Action>,
+    events: VecDeque<Seen>,
+    wake_at: Option<Instant>,
+}
+
+impl Machine for Puppet {
+    type Command = Cmd;
+    type Event = Seen;
+
+    fn handle_input(&mut self, input: Input<'_>, _now: Instant) {
+        let seen = match input {
+            Input::Listening { listener, local } => Seen::Listening(listener, local),
+            Input::ListenFailed { listener, .. } => Seen::ListenFailed(listener),
+            Input::Accepted { listener, conn, .. } => Seen::Accepted(listener, conn),
+            Input::Connected { conn, .. } => Seen::Connected(conn),
+            Input::ConnectFailed { conn, .. } => Seen::ConnectFailed(conn),
+            Input::Received { conn, data } => Seen::Received(conn, data.to_vec()),
+            Input::Closed { conn } => Seen::Closed(conn),
+            Input::Flushed { conn, bytes } => Seen::Flushed(conn, bytes),
+            Input::UdpBound { socket, local } => Seen::UdpBound(socket, local),
+            Input::Datagram { socket, from, data } => Seen::Datagram(socket, from, data.to_vec()),
+            _ => Seen::Other,
+        };
+        self.events.push_back(seen);
+    }
+
+    fn handle_command(&mut self, cmd: Cmd, _now: Instant) {
+        match cmd {
+            Cmd::Do(action) => self.actions.push_back(action),
+            Cmd::WakeAt(at) => self.wake_at = Some(at),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.wake_at.is_some_and(|at| at <= now) {
+            self.wake_at = None;
+            self.events.push_back(Seen::Timeout);
+        }
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_event(&mut self) -> Option<Seen> {
+        self.events.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.wake_at
+    }
+}
+
+async fn within<T>(what: &str, secs: u64, future: impl Future<Output = T>) -> T {
+    match async_std::future::timeout(Duration::from_secs(secs), future).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out after {secs} s: {what}"),
+    }
+}
+
+fn puppet() -> Driver<Puppet> {
+    Driver::spawn(Puppet::default(), DriverConfig::default())
+}
+
+async fn act(driver: &Driver<Puppet>, action: Action) {
+    within("command", 5, driver.command(Cmd::Do(action)))
+        .await
+        .expect("driver running");
+}
+
+async fn next(driver: &Driver<Puppet>) -> Seen {
+    within("an event", 10, driver.next_event())
+        .await
+        .expect("driver running")
+}
+
+/// The next event that is not `Flushed`.
+async fn next_skipping_flushed(driver: &Driver<Puppet>) -> Seen {
+    loop {
+        match next(driver).await {
+            Seen::Flushed(..) => {}
+            other => return other,
+        }
+    }
+}
+
+/// Bytes the puppet receives on `conn` until it has `len` of them.
+async fn received(driver: &Driver<Puppet>, conn: ConnId, len: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < len {
+        match next_skipping_flushed(driver).await {
+            Seen::Received(c, data) if c == conn => got.extend_from_slice(&data),
+            other => panic!("expected bytes on {conn}, got {other:?}"),
+        }
+    }
+    got
+}
+
+fn core_conn(n: u64) -> ConnId {
+    ConnId(CORE_ID_BIT | n)
+}
+
+#[test]
+fn connect_send_receive_flushed_and_closed() {
+    task::block_on(async {
+        let peer_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = peer_listener.local_addr().expect("addr");
+        let driver = puppet();
+        let conn = core_conn(0);
+        act(&driver, Action::Connect { conn, addr }).await;
+        let (mut peer, _) = within("accept", 5, peer_listener.accept())
+            .await
+            .expect("accept");
+        assert_eq!(next(&driver).await, Seen::Connected(conn));
+
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        act(
+            &driver,
+            Action::Send {
+                conn,
+                data: data.clone(),
+            },
+        )
+        .await;
+        let mut got = vec![0u8; data.len()];
+        within("peer reads", 5, peer.read_exact(&mut got))
+            .await
+            .expect("read");
+        assert_eq!(got, data);
+        let mut flushed = 0;
+        while flushed < data.len() {
+            match next(&driver).await {
+                Seen::Flushed(c, n) if c == conn => flushed += n,
+                other => panic!("expected Flushed, got {other:?}"),
+            }
+        }
+        assert_eq!(flushed, data.len(), "Flushed never exceeds what was sent");
+
+        within("peer writes", 5, peer.write_all(b"hello machine"))
+            .await
+            .expect("write");
+        assert_eq!(received(&driver, conn, 13).await, b"hello machine");
+        drop(peer);
+        assert_eq!(next(&driver).await, Seen::Closed(conn));
+    });
+}
+
+#[test]
+fn connect_to_a_closed_port_fails() {
+    task::block_on(async {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let driver = puppet();
+        act(
+            &driver,
+            Action::Connect {
+                conn: core_conn(7),
+                addr,
+            },
+        )
+        .await;
+        assert_eq!(next(&driver).await, Seen::ConnectFailed(core_conn(7)));
+    });
+}
+
+#[test]
+fn listen_accepts_with_runtime_ids_and_close_flushes_then_stops_inputs() {
+    task::block_on(async {
+        let driver = puppet();
+        let listener = ListenerId(CORE_ID_BIT | 1);
+        act(
+            &driver,
+            Action::Listen {
+                listener,
+                addr: "127.0.0.1:0".parse().expect("addr"),
+            },
+        )
+        .await;
+        let Seen::Listening(l, addr) = next(&driver).await else {
+            panic!("expected Listening");
+        };
+        assert_eq!(l, listener);
+
+        let mut a = within("connect", 5, TcpStream::connect(addr))
+            .await
+            .expect("a");
+        let Seen::Accepted(l, conn) = next(&driver).await else {
+            panic!("expected Accepted");
+        };
+        assert_eq!(l, listener);
+        assert!(
+            !conn.is_core_allocated() && conn.0 >= 1,
+            "runtime ids have the top bit clear"
+        );
+        let mut b = within("connect", 5, TcpStream::connect(addr))
+            .await
+            .expect("b");
+        let Seen::Accepted(_, conn_b) = next(&driver).await else {
+            panic!("expected Accepted");
+        };
+        assert_ne!(conn, conn_b);
+
+        // Send then Close at once: the queued bytes go out, then the close.
+        let data = vec![0x5a; 3 << 20];
+        act(
+            &driver,
+            Action::Send {
+                conn,
+                data: data.clone(),
+            },
+        )
+        .await;
+        act(&driver, Action::Close { conn }).await;
+        let mut got = Vec::new();
+        within("read to the close", 10, a.read_to_end(&mut got))
+            .await
+            .expect("read");
+        assert_eq!(got.len(), data.len());
+
+        // Nothing more is said about the closed connection; the other one still works.
+        within("write", 5, b.write_all(b"b")).await.expect("write");
+        assert_eq!(received(&driver, conn_b, 1).await, b"b");
+
+        act(&driver, Action::CloseListener { listener }).await;
+        act(
+            &driver,
+            Action::Send {
+                conn: conn_b,
+                data: b"x".to_vec(),
+            },
+        )
+        .await;
+        let mut one = [0u8; 1];
+        within("read", 5, b.read_exact(&mut one))
+            .await
+            .expect("read");
+        assert!(matches!(next(&driver).await, Seen::Flushed(c, 1) if c == conn_b));
+        let refused = within("connect after CloseListener", 5, TcpStream::connect(addr)).await;
+        if let Ok(mut late) = refused {
+            // Accepted by the kernel before the close took effect: it must be dropped.
+            let mut buf = [0u8; 1];
+            let read = within("late connection is closed", 5, late.read(&mut buf)).await;
+            assert!(matches!(read, Ok(0) | Err(_)));
+        }
+        assert!(
+            driver.try_next_event().is_none(),
+            "no input for closed things"
+        );
+    });
+}
+
+#[test]
+fn pause_read_holds_bytes_until_resume() {
+    task::block_on(async {
+        let peer_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = peer_listener.local_addr().expect("addr");
+        let driver = puppet();
+        let conn = core_conn(1);
+        act(&driver, Action::Connect { conn, addr }).await;
+        let (mut peer, _) = within("accept", 5, peer_listener.accept())
+            .await
+            .expect("accept");
+        assert_eq!(next(&driver).await, Seen::Connected(conn));
+
+        act(&driver, Action::PauseRead { conn }).await;
+        // A round trip through the actor makes sure the pause was executed.
+        act(
+            &driver,
+            Action::Send {
+                conn,
+                data: b"p".to_vec(),
+            },
+        )
+        .await;
+        let mut one = [0u8; 1];
+        within("read", 5, peer.read_exact(&mut one))
+            .await
+            .expect("read");
+        assert!(matches!(next(&driver).await, Seen::Flushed(..)));
+
+        within("write", 5, peer.write_all(b"held back"))
+            .await
+            .expect("write");
+        task::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            driver.try_next_event(),
+            None,
+            "a paused connection delivers nothing"
+        );
+        act(&driver, Action::ResumeRead { conn }).await;
+        assert_eq!(received(&driver, conn, 9).await, b"held back");
+    });
+}
+
+#[test]
+fn pipe_splices_two_connections_both_ways() {
+    task::block_on(async {
+        let driver = puppet();
+        let listener = ListenerId(CORE_ID_BIT | 1);
+        act(
+            &driver,
+            Action::Listen {
+                listener,
+                addr: "127.0.0.1:0".parse().expect("addr"),
+            },
+        )
+        .await;
+        let Seen::Listening(_, addr) = next(&driver).await else {
+            panic!("expected Listening");
+        };
+        let mut a = within("connect", 5, TcpStream::connect(addr))
+            .await
+            .expect("a");
+        let Seen::Accepted(_, conn_a) = next(&driver).await else {
+            panic!("expected Accepted");
+        };
+        let mut b = within("connect", 5, TcpStream::connect(addr))
+            .await
+            .expect("b");
+        let Seen::Accepted(_, conn_b) = next(&driver).await else {
+            panic!("expected Accepted");
+        };
+
+        // What the machine queued before the pipe comes first.
+        act(
+            &driver,
+            Action::Send {
+                conn: conn_b,
+                data: b"hello b|".to_vec(),
+            },
+        )
+        .await;
+        act(
+            &driver,
+            Action::Pipe {
+                a: conn_a,
+                b: conn_b,
+            },
+        )
+        .await;
+
+        // A large transfer a -> b while b -> a also flows.
+        let big: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 241) as u8).collect();
+        let mut a_writer = a.clone();
+        let sent = big.clone();
+        let pushing = task::spawn(async move { a_writer.write_all(&sent).await });
+        within("b writes", 5, b.write_all(b"from b"))
+            .await
+            .expect("write");
+        let mut got = vec![0u8; 8 + big.len()];
+        within("b reads", 30, b.read_exact(&mut got))
+            .await
+            .expect("read");
+        assert_eq!(&got[..8], b"hello b|");
+        assert!(got[8..] == big[..], "piped bytes corrupted");
+        within("a finishes", 10, pushing).await.expect("a wrote");
+        let mut back = [0u8; 6];
+        within("a reads", 5, a.read_exact(&mut back))
+            .await
+            .expect("read");
+        assert_eq!(&back, b"from b");
+
+        // One side ends: both are closed and reported.
+        drop(a);
+        let mut rest = Vec::new();
+        within("b sees the close", 5, b.read_to_end(&mut rest))
+            .await
+            .expect("eof");
+        let mut closed = vec![
+            next_skipping_flushed(&driver).await,
+            next_skipping_flushed(&driver).await,
+        ];
+        closed.sort_by_key(|s| format!("{s:?}"));
+        let mut want = vec![Seen::Closed(conn_a), Seen::Closed(conn_b)];
+        want.sort_by_key(|s| format!("{s:?}"));
+        assert_eq!(closed, want);
+    });
+}
+
+#[test]
+fn udp_bind_receive_and_send() {
+    task::block_on(async {
+        let driver = puppet();
+        let socket = SocketId(CORE_ID_BIT | 3);
+        act(
+            &driver,
+            Action::BindUdp {
+                socket,
+                addr: "127.0.0.1:0".parse().expect("addr"),
+            },
+        )
+        .await;
+        let Seen::UdpBound(s, local) = next(&driver).await else {
+            panic!("expected UdpBound");
+        };
+        assert_eq!(s, socket);
+
+        let peer = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let peer_addr = peer.local_addr().expect("addr");
+        within("send", 5, peer.send_to(b"ping", local))
+            .await
+            .expect("send");
+        assert_eq!(
+            next(&driver).await,
+            Seen::Datagram(socket, peer_addr, b"ping".to_vec())
+        );
+
+        act(
+            &driver,
+            Action::SendTo {
+                socket,
+                to: peer_addr,
+                data: b"pong".to_vec(),
+            },
+        )
+        .await;
+        let mut buf = [0u8; 16];
+        let (n, from) = within("recv", 5, peer.recv_from(&mut buf))
+            .await
+            .expect("recv");
+        assert_eq!((&buf[..n], from), (&b"pong"[..], local));
+
+        act(&driver, Action::CloseUdp { socket }).await;
+        task::sleep(Duration::from_millis(100)).await;
+        let _ = peer.send_to(b"late", local).await;
+        task::sleep(Duration::from_millis(100)).await;
+        assert_eq!(driver.try_next_event(), None, "no input after CloseUdp");
+    });
+}
+
+#[test]
+fn timeout_fires_at_the_deadline() {
+    task::block_on(async {
+        let driver = puppet();
+        let start = Instant::now();
+        within(
+            "command",
+            5,
+            driver.command(Cmd::WakeAt(start + Duration::from_millis(80))),
+        )
+        .await
+        .expect("running");
+        assert_eq!(next(&driver).await, Seen::Timeout);
+        assert!(start.elapsed() >= Duration::from_millis(80));
+    });
+}
+
+#[test]
+fn stop_returns_the_machine_and_closes_connections() {
+    task::block_on(async {
+        let peer_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = peer_listener.local_addr().expect("addr");
+        let driver = puppet();
+        act(
+            &driver,
+            Action::Connect {
+                conn: core_conn(2),
+                addr,
+            },
+        )
+        .await;
+        let (mut peer, _) = within("accept", 5, peer_listener.accept())
+            .await
+            .expect("accept");
+        assert_eq!(next(&driver).await, Seen::Connected(core_conn(2)));
+        driver.stop().await;
+        let machine = within("join", 5, driver.join()).await;
+        assert!(machine.wake_at.is_none());
+        let mut rest = Vec::new();
+        within("peer sees the close", 5, peer.read_to_end(&mut rest))
+            .await
+            .expect("eof");
+    });
+}
+
+#[test]
+fn pipe_back_pressure_bounds_what_the_runtime_holds() {
+    const TOTAL: usize = 32 << 20;
+    task::block_on(async {
+        let config = DriverConfig::default();
+        let pipe_buffer = config.pipe_buffer;
+        let driver = Driver::spawn(Puppet::default(), config);
+        let listener = ListenerId(CORE_ID_BIT | 1);
+        act(
+            &driver,
+            Action::Listen {
+                listener,
+                addr: "127.0.0.1:0".parse().expect("addr"),
+            },
+        )
+        .await;
+        let Seen::Listening(_, addr) = next(&driver).await else {
+            panic!("expected Listening");
+        };
+        let a = within("connect", 5, TcpStream::connect(addr))
+            .await
+            .expect("a");
+        let Seen::Accepted(_, conn_a) = next(&driver).await else {
+            panic!("expected Accepted");
+        };
+        let mut b = within("connect", 5, TcpStream::connect(addr))
+            .await
+            .expect("b");
+        let Seen::Accepted(_, conn_b) = next(&driver).await else {
+            panic!("expected Accepted");
+        };
+        act(
+            &driver,
+            Action::Pipe {
+                a: conn_a,
+                b: conn_b,
+            },
+        )
+        .await;
+
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let progress = written.clone();
+        let mut a_writer = a.clone();
+        let pushing = task::spawn(async move {
+            let chunk: Vec<u8> = (0..(64u32 << 10)).map(|i| (i % 239) as u8).collect();
+            for _ in 0..TOTAL / chunk.len() {
+                a_writer.write_all(&chunk).await.expect("write");
+                progress.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let mut last = usize::MAX;
+        let started = Instant::now();
+        loop {
+            task::sleep(Duration::from_millis(300)).await;
+            let now = written.load(std::sync::atomic::Ordering::Relaxed);
+            if now == last {
+                break;
+            }
+            assert!(now < TOTAL, "a wrote everything into a pipe nobody reads");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "a never stalled"
+            );
+            last = now;
+        }
+        let held = driver.backlog().bytes();
+        assert!(
+            // The chunk that crossed the cap, plus what the reader had read ahead.
+            held <= pipe_buffer + 4 * READ_BUFFER,
+            "the runtime holds {held} bytes for a stalled pipe"
+        );
+
+        within("b reads everything", 60, async {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut at = 0usize;
+            while at < TOTAL {
+                let n = b.read(&mut buf).await.expect("read");
+                assert!(n > 0, "pipe closed early");
+                for (k, &byte) in buf[..n].iter().enumerate() {
+                    assert_eq!(
+                        byte,
+                        (((at + k) % (64 << 10)) % 239) as u8,
+                        "byte {}",
+                        at + k
+                    );
+                }
+                at += n;
+            }
+        })
+        .await;
+        within("a finishes", 10, pushing).await;
+        drop(a);
+    });
+}
