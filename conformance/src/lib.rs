@@ -1,1 +1,13 @@
+//! # ferry-conformance: what every ferry executor must do
+//!
+//! - [`scenarios`]: black-box scenario bodies over real loopback sockets, run
+//!   against the mio daemon, the async-std runtime and third-party clients.
+//! - `sim`: the deterministic simulator that executes the IO vocabulary over
+//!   virtual hosts with a virtual clock (seeded; a failing seed replays exactly).
+//!
+//! This crate is test infrastructure: a failed expectation is a panic with a message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test infrastructure: failing loudly is the point
 
+pub mod scenarios;
+pub mod served;
+pub mod sim;

@@ -41,7 +41,9 @@ impl AsyncStdNameRelay {
                 let listener = ferry_async_std::TcpListener::bind("127.0.0.1:0")
                     .await
                     .expect("bind");
-                addr_tx.send(listener.local_addr().expect("addr")).expect("report addr");
+                addr_tx
+                    .send(listener.local_addr().expect("addr"))
+                    .expect("report addr");
                 let stop = async move {
                     let _ = stopped.recv().await;
                 };

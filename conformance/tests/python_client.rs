@@ -37,7 +37,10 @@ fn nr6_python_client_interoperates_with_ferry() {
     drop(stdin); // after `recv` prints, end of input makes the client exit
 
     // Python's frame proves it registered (same connection, in order).
-    assert_eq!(rust.read_frame(), ("py_b".to_owned(), b"hello from python".to_vec()));
+    assert_eq!(
+        rust.read_frame(),
+        ("py_b".to_owned(), b"hello from python".to_vec())
+    );
     rust.send("py_b", b"hello from rust");
 
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -52,15 +55,28 @@ fn nr6_python_client_interoperates_with_ferry() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut out = String::new();
-    python.stdout.take().expect("stdout").read_to_string(&mut out).expect("read");
+    python
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read");
     let mut err = String::new();
-    python.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
+    python
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
     assert!(status.success(), "python exited with {status}: {err}");
     assert!(
         out.contains("b'hello from rust'"),
         "python printed {out:?}, stderr {err:?}"
     );
-    assert!(out.contains("Command > Dest name > Data > "), "seed prompts: {out:?}");
+    assert!(
+        out.contains("Command > Dest name > Data > "),
+        "seed prompts: {out:?}"
+    );
 }
 
 /// NR-5: a Python client that sends an invalid length is closed; the relay goes on.
@@ -85,7 +101,10 @@ fn nr5_python_sees_the_relay_survive_a_bad_client() {
         .expect("stdin")
         .write_all(b"send\nrust_a\nafter the bad one\n")
         .expect("drive");
-    assert_eq!(rust.read_frame(), ("py_c".to_owned(), b"after the bad one".to_vec()));
+    assert_eq!(
+        rust.read_frame(),
+        ("py_c".to_owned(), b"after the bad one".to_vec())
+    );
     let _ = python.kill();
     let _ = python.wait();
 }

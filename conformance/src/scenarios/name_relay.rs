@@ -89,7 +89,11 @@ impl Peer {
     pub fn registered(target: &Target, name: &str) -> Peer {
         let mut peer = Self::register(target, name);
         peer.send(name, b"sync");
-        assert_eq!(peer.read_frame(), (name.to_owned(), b"sync".to_vec()), "self-delivery of {name}");
+        assert_eq!(
+            peer.read_frame(),
+            (name.to_owned(), b"sync".to_vec()),
+            "self-delivery of {name}"
+        );
         peer
     }
 
@@ -108,7 +112,10 @@ impl Peer {
     /// Read one delivered frame `sender|len|payload`.
     pub fn read_frame(&mut self) -> (String, Vec<u8>) {
         let sender = self.read_field();
-        let len: usize = self.read_field().parse().expect("decimal length from relay");
+        let len: usize = self
+            .read_field()
+            .parse()
+            .expect("decimal length from relay");
         let mut payload = vec![0; len];
         self.stream.read_exact(&mut payload).expect("payload");
         (sender, payload)
@@ -118,7 +125,9 @@ impl Peer {
         let mut field = Vec::new();
         let mut byte = [0u8];
         loop {
-            self.stream.read_exact(&mut byte).expect("frame header from relay");
+            self.stream
+                .read_exact(&mut byte)
+                .expect("frame header from relay");
             if byte[0] == b'|' {
                 return String::from_utf8(field).expect("utf-8 field");
             }
@@ -152,7 +161,9 @@ impl Peer {
             Ok(_) => panic!("unexpected byte {:?} from relay", byte[0] as char),
             Err(e) => panic!("read failed: {e}"),
         }
-        self.stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        self.stream
+            .set_read_timeout(Some(PATIENCE))
+            .expect("timeout");
     }
 
     /// Close our side.
@@ -212,15 +223,25 @@ pub fn nr5_malformed_input_closes_only_the_offender(t: &Target) {
     let mut a = Peer::registered(t, "a");
     let mut b = Peer::registered(t, "b");
     let oversized = format!("a|{}|", t.max_frame_len + 1);
-    for (i, bad) in [&b"a|x|"[..], b"a||", b"|3|abc", b"a|-1|", b"a|123456789012345678901|", oversized.as_bytes()]
-        .into_iter()
-        .enumerate()
+    for (i, bad) in [
+        &b"a|x|"[..],
+        b"a||",
+        b"|3|abc",
+        b"a|-1|",
+        b"a|123456789012345678901|",
+        oversized.as_bytes(),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut bad_peer = Peer::registered(t, &format!("bad{i}"));
         bad_peer.write(bad);
         bad_peer.expect_closed(PATIENCE);
         b.send("a", format!("still {i}").as_bytes());
-        assert_eq!(a.read_frame(), ("b".into(), format!("still {i}").into_bytes()));
+        assert_eq!(
+            a.read_frame(),
+            ("b".into(), format!("still {i}").into_bytes())
+        );
     }
 }
 
@@ -232,7 +253,10 @@ pub fn nr7_duplicate_name_closes_the_newcomer(t: &Target) {
     dup.expect_closed(PATIENCE);
     let mut other = Peer::registered(t, "other");
     other.send("taken", b"for the holder");
-    assert_eq!(holder.read_frame(), ("other".into(), b"for the holder".to_vec()));
+    assert_eq!(
+        holder.read_frame(),
+        ("other".into(), b"for the holder".to_vec())
+    );
 }
 
 /// NR-8: a frame for an unknown name is consumed and dropped; the sender stays.
@@ -309,7 +333,10 @@ pub fn nr12_slow_receiver_stalls_sender_and_loses_nothing(t: &Target) {
         let (from, payload) = receiver.read_frame();
         assert_eq!(from, "source");
         assert_eq!(payload.len(), FRAME, "frame {i}");
-        assert!(payload.iter().all(|&b| b == (i % 251) as u8), "frame {i} content");
+        assert!(
+            payload.iter().all(|&b| b == (i % 251) as u8),
+            "frame {i} content"
+        );
     }
     let sender = writer.join().expect("writer");
     sender.close();
@@ -324,7 +351,9 @@ pub fn nr14_name_is_released_on_close(t: &Target) {
     let mut again = loop {
         let mut p = Peer::register(t, "reused");
         p.send("reused", b"mine");
-        p.stream.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        p.stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
         let mut head = [0u8; 9];
         if p.stream.read_exact(&mut head).is_ok() {
             assert_eq!(&head, b"reused|4|");
@@ -356,7 +385,10 @@ pub fn nr6_many_pairs_in_parallel_keep_order(t: &Target) {
                     tx.send(&format!("rx{pair}"), format!("{pair}:{i}").as_bytes());
                 }
                 for i in 0..200u32 {
-                    assert_eq!(rx.read_frame(), (format!("tx{pair}"), format!("{pair}:{i}").into_bytes()));
+                    assert_eq!(
+                        rx.read_frame(),
+                        (format!("tx{pair}"), format!("{pair}:{i}").into_bytes())
+                    );
                 }
             })
         })

@@ -239,3 +239,132 @@ impl Machine for Client {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(c: &mut Client) -> Vec<Action> {
+        std::iter::from_fn(|| c.poll_action()).collect()
+    }
+
+    fn connected(name: &[u8]) -> (Client, Instant) {
+        let now = crate::test_epoch();
+        let relay = "127.0.0.1:8080".parse().unwrap();
+        let mut c = Client::new(name, relay, ClientConfig::default()).unwrap();
+        assert_eq!(
+            drain(&mut c),
+            vec![Action::Connect {
+                conn: c.conn(),
+                addr: relay
+            }]
+        );
+        c.handle_command(
+            ClientCommand::Send {
+                dest: b"b".to_vec(),
+                data: b"early".to_vec(),
+            },
+            now,
+        );
+        assert!(
+            drain(&mut c).is_empty(),
+            "nothing is sent before the connection is up"
+        );
+        let local = "127.0.0.1:5000".parse().unwrap();
+        c.handle_input(
+            Input::Connected {
+                conn: c.conn(),
+                local,
+            },
+            now,
+        );
+        (c, now)
+    }
+
+    #[test]
+    fn nr16_registers_then_sends_what_was_asked_early() {
+        let (mut c, _) = connected(b"a");
+        let conn = c.conn();
+        assert_eq!(
+            drain(&mut c),
+            vec![Action::Send {
+                conn,
+                data: b"a|b|5|early".to_vec()
+            }]
+        );
+        assert_eq!(c.poll_event(), Some(ClientEvent::Registered));
+    }
+
+    #[test]
+    fn nr16_keepalive_after_silence() {
+        let (mut c, now) = connected(b"a");
+        drain(&mut c);
+        let due = c.poll_timeout().unwrap();
+        assert_eq!(due, now + Duration::from_secs(10));
+        c.handle_timeout(due - Duration::from_millis(1));
+        assert!(drain(&mut c).is_empty());
+        c.handle_timeout(due);
+        assert_eq!(
+            drain(&mut c),
+            vec![Action::Send {
+                conn: c.conn(),
+                data: b"a|0|".to_vec()
+            }]
+        );
+        assert_eq!(c.poll_timeout(), Some(due + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn nr6_parses_deliveries_split_anywhere() {
+        let (mut c, now) = connected(b"a");
+        drain(&mut c);
+        c.poll_event();
+        let conn = c.conn();
+        for byte in b"device_b|5|hellox|0|" {
+            c.handle_input(
+                Input::Received {
+                    conn,
+                    data: &[*byte],
+                },
+                now,
+            );
+        }
+        assert_eq!(
+            std::iter::from_fn(|| c.poll_event()).collect::<Vec<_>>(),
+            vec![
+                ClientEvent::Message {
+                    from: b"device_b".to_vec(),
+                    data: b"hello".to_vec()
+                },
+                ClientEvent::Message {
+                    from: b"x".to_vec(),
+                    data: vec![]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_delivery_closes() {
+        let (mut c, now) = connected(b"a");
+        drain(&mut c);
+        let conn = c.conn();
+        c.handle_input(
+            Input::Received {
+                conn,
+                data: b"b|zz|",
+            },
+            now,
+        );
+        assert_eq!(drain(&mut c), vec![Action::Close { conn }]);
+        assert!(!c.is_open());
+    }
+
+    #[test]
+    fn invalid_names_are_refused() {
+        let relay = "127.0.0.1:1".parse().unwrap();
+        for name in [&b""[..], b"a|b", &[b'x'; 256]] {
+            assert!(Client::new(name, relay, ClientConfig::default()).is_err());
+        }
+    }
+}

@@ -10,9 +10,11 @@
 //! A frame is delivered only when complete, as one `Send` of
 //! `{sender}|{len}|{payload}`, so frames from different senders never interleave.
 //! When the bytes queued to a receiver pass [`Config::max_queued_bytes`], the sender
-//! of the frame that passed it gets `PauseRead` and waits; when the receiver's queue
-//! drains below half the cap (`Flushed`), every waiting sender is resumed. Nothing is
-//! dropped, and a receiver's queue never exceeds the cap by more than one frame.
+//! of the frame that passed it gets `PauseRead` and waits, and so does any other
+//! sender with a frame for that receiver (its frame stays in its own input, not in
+//! the receiver's queue). When the receiver's queue drains to half the cap
+//! (`Flushed`), every waiting sender is resumed. Nothing is dropped, and a
+//! receiver's queue never exceeds the cap by more than one frame.
 //! A paused sender is not idle: its idle timer restarts when it is resumed.
 //!
 //! # Timers (NR-3, NR-9)
@@ -370,9 +372,10 @@ impl Server {
             let Some(payload) = rest.get(header_len..header_len + header.len) else {
                 return Consumed::Stopped(at);
             };
-            at += header_len + header.len;
+            let frame_end = at + header_len + header.len;
             if header.len == 0 && header.name == &*sender {
                 self.stats.keepalives += 1; // NR-10
+                at = frame_end;
                 continue;
             }
             let Some(&dest) = self.names.get(header.name) else {
@@ -383,9 +386,20 @@ impl Server {
                     dest: lossy(header.name),
                     len: header.len,
                 });
+                at = frame_end;
                 continue;
             };
-            self.deliver(id, &sender, dest, payload);
+            if self.is_full(dest) {
+                // NR-12: the receiver is over its cap already; this frame waits
+                // in the sender's input, so the cap is passed by one frame at most.
+                self.wait_for(id, dest);
+                return Consumed::Stopped(at);
+            }
+            self.deliver(&sender, dest, payload);
+            at = frame_end;
+            if self.is_full(dest) {
+                self.wait_for(id, dest);
+            }
         }
     }
 
@@ -407,7 +421,7 @@ impl Server {
         None
     }
 
-    fn deliver(&mut self, from: ConnId, sender: &[u8], dest: ConnId, payload: &[u8]) {
+    fn deliver(&mut self, sender: &[u8], dest: ConnId, payload: &[u8]) {
         let frame_len = wire::frame_header_len(sender, payload.len()) + payload.len();
         self.send(dest, |out| {
             out.reserve(frame_len);
@@ -415,18 +429,27 @@ impl Server {
         });
         self.stats.frames_delivered += 1;
         self.stats.bytes_delivered += payload.len() as u64;
-        let Some(receiver) = self.conns.get_mut(&dest) else {
-            return;
-        };
-        receiver.queued += frame_len;
-        if receiver.queued > self.config.max_queued_bytes {
-            // NR-12: pause the sender until the receiver drains.
-            receiver.waiters.insert(from);
-            if let Some(sender) = self.conns.get_mut(&from) {
-                sender.waiting_for = Some(dest);
-            }
-            self.actions.push_back(Action::PauseRead { conn: from });
+        if let Some(receiver) = self.conns.get_mut(&dest) {
+            receiver.queued += frame_len;
         }
+    }
+
+    /// True if the bytes queued to `dest` are over the cap (NR-12).
+    fn is_full(&self, dest: ConnId) -> bool {
+        self.conns
+            .get(&dest)
+            .is_some_and(|r| r.queued > self.config.max_queued_bytes)
+    }
+
+    /// Pause `sender` until `receiver` drains (NR-12).
+    fn wait_for(&mut self, sender: ConnId, receiver: ConnId) {
+        if let Some(r) = self.conns.get_mut(&receiver) {
+            r.waiters.insert(sender);
+        }
+        if let Some(s) = self.conns.get_mut(&sender) {
+            s.waiting_for = Some(receiver);
+        }
+        self.actions.push_back(Action::PauseRead { conn: sender });
     }
 
     fn flushed(&mut self, id: ConnId, bytes: usize, now: Instant) {

@@ -129,6 +129,14 @@ pub fn parse_frame_header(
             }
             return Ok(Parsed::Incomplete);
         }
+        // A run of digits too long to be a length is "too large" whatever follows
+        // it, so the reason does not depend on where a read ended (NR-11).
+        Err(_) if rest.iter().take_while(|b| b.is_ascii_digit()).count() > MAX_LENGTH_DIGITS => {
+            return Err(WireError::LengthTooLarge {
+                len: u64::MAX,
+                max: max_len,
+            });
+        }
         Err(_) => return Err(WireError::NonNumericLength),
     };
     if digits.len() > MAX_LENGTH_DIGITS {
@@ -265,6 +273,11 @@ mod tests {
         let endless = [b"b|".as_slice(), &[b'9'; 30]].concat();
         assert!(matches!(
             parse_frame_header(&endless, 255, CAP),
+            Err(WireError::LengthTooLarge { .. })
+        ));
+        let digits_then_junk = [b"b|".as_slice(), &[b'1'; 21], b"x"].concat();
+        assert!(matches!(
+            parse_frame_header(&digits_then_junk, 255, CAP),
             Err(WireError::LengthTooLarge { .. })
         ));
         let huge = b"b|99999999999999999999|";

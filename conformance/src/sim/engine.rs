@@ -1,0 +1,488 @@
+//! How the simulator carries out actions and moves bytes: the executor proper.
+
+use std::collections::btree_map::Entry;
+use std::net::{IpAddr, SocketAddr};
+
+use ferry_core::io::{Action, ConnId, Input};
+
+use super::tcp::{End, Link, Owner};
+use super::udp::UdpOwner;
+use super::{Chunking, ClientId, FIRST_EPHEMERAL_PORT, Op, Owned, Peer, Sim, TcpOwner};
+
+impl Sim {
+    // ---- internals -----------------------------------------------------------------
+
+    pub(super) fn chunk(&mut self, available: usize) -> usize {
+        match self.config.chunking {
+            Chunking::Whole => available,
+            Chunking::Random => self.rng.chunk(available, self.config.max_chunk),
+        }
+    }
+
+    pub(super) fn alloc_conn(&mut self, node: usize) -> ConnId {
+        let slot = &mut self.nodes[node];
+        let conn = ConnId(slot.next_conn);
+        slot.next_conn += 1;
+        conn
+    }
+
+    pub(super) fn alloc_port(&mut self, ip: IpAddr) -> u16 {
+        loop {
+            let port = self.next_port;
+            self.next_port = if port == u16::MAX {
+                FIRST_EPHEMERAL_PORT
+            } else {
+                port + 1
+            };
+            let addr = SocketAddr::new(ip, port);
+            if !self.tcp_bound.contains_key(&addr) && !self.udp_bound.contains_key(&addr) {
+                return port;
+            }
+        }
+    }
+
+    /// A machine's own view of an address: loopback and unspecified mean its host.
+    pub(super) fn local_view(&self, node: usize, addr: SocketAddr) -> SocketAddr {
+        if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+            SocketAddr::new(self.nodes[node].ip, addr.port())
+        } else {
+            addr
+        }
+    }
+
+    pub(super) fn bind_addr(&mut self, node: usize, addr: SocketAddr) -> SocketAddr {
+        let addr = self.local_view(node, addr);
+        if addr.port() == 0 {
+            SocketAddr::new(addr.ip(), self.alloc_port(addr.ip()))
+        } else {
+            addr
+        }
+    }
+
+    /// Execute the actions a machine queued, in order.
+    pub(super) fn drain(&mut self, n: usize) {
+        while let Some(action) = self.nodes[n].driven.next_action() {
+            let bytes: &[u8] = match &action {
+                Action::Send { data, .. }
+                | Action::SendTo { data, .. }
+                | Action::WriteTun(data) => data,
+                _ => &[],
+            };
+            self.trace
+                .record(self.offset, format!("n{n} -> {action:?}"), bytes);
+            self.execute(n, action);
+        }
+    }
+
+    pub(super) fn deliver(&mut self, n: usize, input: Input<'_>) {
+        let (line, bytes): (String, &[u8]) = match input {
+            Input::Received { conn, data } => {
+                (format!("Received({conn}, {} bytes)", data.len()), data)
+            }
+            Input::Datagram { socket, from, data } => (
+                format!("Datagram({socket}, {from}, {} bytes)", data.len()),
+                data,
+            ),
+            Input::TunPacket(data) => (format!("TunPacket({} bytes)", data.len()), data),
+            other => (format!("{other:?}"), &[]),
+        };
+        self.trace
+            .record(self.offset, format!("n{n} <- {line}"), bytes);
+        let now = self.now();
+        self.nodes[n].driven.input(input, now);
+        self.drain(n);
+    }
+
+    /// Deliver an answer to an earlier action, unless the machine has closed what
+    /// it answers meanwhile ("no further input comes for it").
+    pub(super) fn deliver_owned(&mut self, n: usize, owned: &Owned) {
+        let slot = &mut self.nodes[n];
+        let live = match owned {
+            Owned::Accepted { conn, .. } | Owned::Connected { conn, .. } => {
+                match slot.conns.get(conn) {
+                    Some(&(l, e)) => {
+                        self.links[l].ends[e].established = true;
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Owned::ConnectFailed { conn, .. } => !slot.cancelled.remove(conn),
+            Owned::Listening { listener, .. } => slot.listeners.contains_key(listener),
+            Owned::UdpBound { socket, .. } => slot.sockets.contains_key(socket),
+            Owned::ListenFailed { .. } | Owned::UdpBindFailed { .. } | Owned::TunPacket(_) => true,
+        };
+        if live {
+            self.deliver(n, owned.as_input());
+        } else {
+            let input = owned.as_input();
+            self.record(format!("n{n} closed before {input:?}"), &[]);
+        }
+    }
+
+    pub(super) fn execute(&mut self, n: usize, action: Action) {
+        match action {
+            Action::Listen { listener, addr } => {
+                let local = self.bind_addr(n, addr);
+                if let Entry::Vacant(slot) = self.tcp_bound.entry(local) {
+                    slot.insert(TcpOwner::Node { node: n, listener });
+                    self.nodes[n].listeners.insert(listener, local);
+                    self.pending
+                        .push_back((n, Owned::Listening { listener, local }));
+                } else {
+                    let error = "address in use";
+                    self.pending
+                        .push_back((n, Owned::ListenFailed { listener, error }));
+                }
+            }
+            Action::CloseListener { listener } => {
+                if let Some(local) = self.nodes[n].listeners.remove(&listener) {
+                    self.tcp_bound.remove(&local);
+                }
+            }
+            Action::Connect { conn, addr } => self.machine_connect(n, conn, addr),
+            Action::Send { conn, data } => {
+                if let Some(&(l, e)) = self.nodes[n].conns.get(&conn) {
+                    let link = &mut self.links[l];
+                    if !link.ends[e].closed && link.ends[e].splice.is_none() {
+                        link.dirs[e].write(&data);
+                    }
+                }
+            }
+            Action::Close { conn } => {
+                if let Some((l, e)) = self.nodes[n].conns.remove(&conn) {
+                    if let Some((pl, pe)) = self.links[l].ends[e].splice {
+                        // A spliced pair ends together.
+                        self.close_node_end(pl, pe);
+                    }
+                    self.close_end(l, e, true, false);
+                } else if self.pending.iter().any(|(m, o)| {
+                    *m == n && matches!(o, Owned::ConnectFailed { conn: c, .. } if *c == conn)
+                }) {
+                    self.nodes[n].cancelled.insert(conn);
+                }
+            }
+            Action::PauseRead { conn } => {
+                if let Some(&(l, e)) = self.nodes[n].conns.get(&conn) {
+                    let ahead = if self.rng.chance(self.config.read_ahead) {
+                        self.rng.range_usize(1..=self.config.max_read_ahead.max(1))
+                    } else {
+                        0
+                    };
+                    let end = &mut self.links[l].ends[e];
+                    end.paused = true;
+                    end.pauses += 1;
+                    end.read_ahead = ahead;
+                }
+            }
+            Action::ResumeRead { conn } => {
+                if let Some(&(l, e)) = self.nodes[n].conns.get(&conn) {
+                    let end = &mut self.links[l].ends[e];
+                    end.paused = false;
+                    end.read_ahead = 0;
+                }
+            }
+            Action::Pipe { a, b } => {
+                let slot = &self.nodes[n];
+                if let (Some(&(la, ea)), Some(&(lb, eb))) = (slot.conns.get(&a), slot.conns.get(&b))
+                {
+                    for (l, e, other) in [(la, ea, (lb, eb)), (lb, eb, (la, ea))] {
+                        let end = &mut self.links[l].ends[e];
+                        end.splice = Some(other);
+                        end.paused = false;
+                        end.read_ahead = 0;
+                    }
+                }
+            }
+            Action::BindUdp { socket, addr } => {
+                let local = self.bind_addr(n, addr);
+                if let Entry::Vacant(slot) = self.udp_bound.entry(local) {
+                    slot.insert(UdpOwner::Node { node: n, socket });
+                    self.nodes[n].sockets.insert(socket, local);
+                    self.pending
+                        .push_back((n, Owned::UdpBound { socket, local }));
+                } else {
+                    let error = "address in use";
+                    self.pending
+                        .push_back((n, Owned::UdpBindFailed { socket, error }));
+                }
+            }
+            Action::CloseUdp { socket } => {
+                if let Some(local) = self.nodes[n].sockets.remove(&socket) {
+                    self.udp_bound.remove(&local);
+                }
+            }
+            Action::SendTo { socket, to, data } => {
+                if let Some(&from) = self.nodes[n].sockets.get(&socket) {
+                    let to = self.local_view(n, to);
+                    self.transmit(from, to, data);
+                }
+            }
+            Action::WriteTun(packet) => self.nodes[n].tun_out.push(packet),
+        }
+    }
+
+    pub(super) fn machine_connect(&mut self, n: usize, conn: ConnId, addr: SocketAddr) {
+        let target = self.local_view(n, addr);
+        let ip = self.nodes[n].ip;
+        let local = SocketAddr::new(ip, self.alloc_port(ip));
+        let window = self.config.tcp_window;
+        let l = self.links.len();
+        match self.tcp_bound.get(&target).copied() {
+            Some(TcpOwner::Node { node, listener }) => {
+                let accepted = self.alloc_conn(node);
+                self.links.push(Link::new(
+                    End::new(Owner::Node { node: n, conn }, false),
+                    End::new(
+                        Owner::Node {
+                            node,
+                            conn: accepted,
+                        },
+                        false,
+                    ),
+                    window,
+                ));
+                self.nodes[n].conns.insert(conn, (l, 0));
+                self.nodes[node].conns.insert(accepted, (l, 1));
+                self.pending
+                    .push_back((n, Owned::Connected { conn, local }));
+                self.pending.push_back((
+                    node,
+                    Owned::Accepted {
+                        listener,
+                        conn: accepted,
+                        peer: local,
+                    },
+                ));
+            }
+            Some(TcpOwner::Test(listener)) => {
+                let peer = self.peers.len();
+                self.links.push(Link::new(
+                    End::new(Owner::Node { node: n, conn }, false),
+                    End::new(Owner::Peer(peer), true),
+                    window,
+                ));
+                self.peers.push(Peer {
+                    addr: target,
+                    link: Some((l, 1)),
+                    inbox: Vec::new(),
+                });
+                self.listeners[listener].backlog.push_back(ClientId(peer));
+                self.nodes[n].conns.insert(conn, (l, 0));
+                self.pending
+                    .push_back((n, Owned::Connected { conn, local }));
+            }
+            None => {
+                let error = "connection refused";
+                self.pending
+                    .push_back((n, Owned::ConnectFailed { conn, error }));
+            }
+        }
+    }
+
+    /// Close end `e` of link `l`: its owner gets nothing more. `drain` keeps what
+    /// it queued flowing (a test client's close); otherwise one attempt moves what
+    /// fits into the socket and the rest is dropped (`Action::Close`).
+    pub(super) fn close_end(&mut self, l: usize, e: usize, by_owner: bool, drain: bool) {
+        let link = &mut self.links[l];
+        if link.ends[e].closed {
+            return;
+        }
+        link.ends[e].closed = true;
+        link.ends[e].closed_by_owner = by_owner;
+        let receiver_gone = link.ends[1 - e].closed;
+        let out = &mut link.dirs[e];
+        if !drain {
+            if !receiver_gone {
+                out.flush(out.queue.len());
+            }
+            if self.config.close_linger.is_zero() || out.queue.is_empty() {
+                out.queue.clear();
+            } else {
+                self.seq += 1;
+                let until = self.offset + self.config.close_linger;
+                self.lingers.insert((until, self.seq), (l, e));
+            }
+        }
+        let link = &mut self.links[l];
+        link.dirs[e].fin = true;
+        // What was on its way to this end is lost with its socket.
+        link.dirs[1 - e].socket.clear();
+    }
+
+    /// Close a machine's end that the machine did not ask to close, and tell it.
+    pub(super) fn close_node_end(&mut self, l: usize, e: usize) {
+        let end = &self.links[l].ends[e];
+        if end.closed {
+            return;
+        }
+        let Some((node, conn)) = end.node_conn() else {
+            return;
+        };
+        let drain = end.splice.is_some();
+        self.close_end(l, e, false, drain);
+        self.nodes[node].conns.remove(&conn);
+        self.deliver(node, Input::Closed { conn });
+    }
+
+    pub(super) fn ready_ops(&self) -> Vec<Op> {
+        let mut ops = Vec::new();
+        let now = self.now();
+        for (n, node) in self.nodes.iter().enumerate() {
+            if node.driven.deadline().is_some_and(|d| d <= now) {
+                ops.push(Op::Timer(n));
+            }
+        }
+        if self
+            .in_flight
+            .keys()
+            .next()
+            .is_some_and(|(at, _)| *at <= self.offset)
+        {
+            ops.push(Op::Datagram);
+        }
+        if self
+            .lingers
+            .keys()
+            .next()
+            .is_some_and(|(at, _)| *at <= self.offset)
+        {
+            ops.push(Op::Linger);
+        }
+        for (l, link) in self.links.iter().enumerate() {
+            for d in 0..2 {
+                let (sender, receiver, pipe) = (&link.ends[d], &link.ends[1 - d], &link.dirs[d]);
+                if !pipe.queue.is_empty()
+                    && sender.established
+                    && (receiver.closed || pipe.room() > 0)
+                {
+                    ops.push(Op::Flush(l, d));
+                }
+                let can_read = receiver.established && !receiver.closed;
+                let splice_room = receiver
+                    .splice
+                    .is_none_or(|(pl, pe)| self.links[pl].dirs[pe].room() > 0);
+                if can_read
+                    && !pipe.socket.is_empty()
+                    && (!receiver.paused || receiver.read_ahead > 0)
+                    && splice_room
+                {
+                    ops.push(Op::Read(l, d));
+                }
+                if can_read && !receiver.eof && !receiver.paused && pipe.at_eof() {
+                    ops.push(Op::Eof(l, d));
+                }
+            }
+        }
+        ops
+    }
+
+    pub(super) fn run_op(&mut self, op: Op) {
+        match op {
+            Op::Timer(n) => self.fire_timer(n),
+            Op::Datagram => self.arrive_datagram(),
+            Op::Linger => {
+                if let Some((_, (l, e))) = self.lingers.pop_first() {
+                    let dropped = self.links[l].dirs[e].queue.len();
+                    self.links[l].dirs[e].queue.clear();
+                    self.record(
+                        format!("link {l} linger over, {dropped} bytes dropped"),
+                        &[],
+                    );
+                }
+            }
+            Op::Flush(l, d) => self.flush(l, d),
+            Op::Read(l, d) => self.read(l, d),
+            Op::Eof(l, d) => self.eof(l, d),
+        }
+    }
+
+    pub(super) fn fire_timer(&mut self, n: usize) {
+        let now = self.now();
+        let before = self.nodes[n].driven.deadline();
+        self.trace.record(self.offset, format!("n{n} timeout"), &[]);
+        self.nodes[n].driven.timeout(now);
+        self.drain(n);
+        let after = self.nodes[n].driven.deadline();
+        if after.is_some_and(|d| d <= now) && after == before {
+            self.nodes[n].stuck += 1;
+            if self.nodes[n].stuck > 10_000 {
+                panic!(
+                    "machine n{n} keeps a deadline in the past after handle_timeout\n{}",
+                    self.describe()
+                );
+            }
+        } else {
+            self.nodes[n].stuck = 0;
+        }
+    }
+
+    pub(super) fn flush(&mut self, l: usize, d: usize) {
+        let link = &self.links[l];
+        let (sender, receiver, pipe) = (&link.ends[d], &link.ends[1 - d], &link.dirs[d]);
+        let receiver_gone = receiver.closed;
+        let available = if receiver_gone {
+            pipe.queue.len()
+        } else {
+            pipe.queue.len().min(pipe.room())
+        };
+        let to_report = sender
+            .node_conn()
+            .filter(|_| !sender.closed && sender.splice.is_none());
+        if receiver_gone && sender.paused && to_report.is_some() {
+            // A machine that does not read learns of the close from the failed write.
+            self.links[l].dirs[d].queue.clear();
+            self.close_node_end(l, d);
+            return;
+        }
+        let n = self.chunk(available);
+        let pipe = &mut self.links[l].dirs[d];
+        let moved = if receiver_gone {
+            pipe.discard(n)
+        } else {
+            pipe.flush(n)
+        };
+        if let Some((node, conn)) = to_report {
+            self.deliver(node, Input::Flushed { conn, bytes: moved });
+        }
+    }
+
+    pub(super) fn read(&mut self, l: usize, d: usize) {
+        let receiver = &self.links[l].ends[1 - d];
+        let mut available = self.links[l].dirs[d].socket.len();
+        if receiver.paused {
+            available = available.min(receiver.read_ahead);
+        }
+        let n = self.chunk(available);
+        let data = self.links[l].dirs[d].read(n);
+        let receiver = &mut self.links[l].ends[1 - d];
+        if receiver.paused {
+            receiver.read_ahead -= data.len();
+        }
+        match (receiver.owner, receiver.splice) {
+            (Owner::Peer(p), _) => {
+                self.record(format!("c{p} <- {} bytes", data.len()), &data);
+                self.peers[p].inbox.extend_from_slice(&data);
+            }
+            (Owner::Node { .. }, Some((pl, pe))) => self.links[pl].dirs[pe].write(&data),
+            (Owner::Node { node, conn }, None) => {
+                self.deliver(node, Input::Received { conn, data: &data });
+            }
+        }
+    }
+
+    pub(super) fn eof(&mut self, l: usize, d: usize) {
+        let receiver = &mut self.links[l].ends[1 - d];
+        receiver.eof = true;
+        match (receiver.owner, receiver.splice) {
+            (Owner::Peer(p), _) => self.record(format!("c{p} <- EOF"), &[]),
+            (Owner::Node { .. }, splice) => {
+                // "When either side ends, the runtime closes both and reports Closed for each."
+                self.close_node_end(l, 1 - d);
+                if let Some((pl, pe)) = splice {
+                    self.close_node_end(pl, pe);
+                }
+            }
+        }
+    }
+}
