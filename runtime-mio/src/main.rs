@@ -1,1 +1,63 @@
-fn main() {}
+//! `ferry`: the daemon that serves ferry's relay protocols, and their clients.
+//!
+//! Logs go to stderr (filter from `RUST_LOG`, default `info`); stdout carries
+//! only what scripts parse: `<server> listening on <addr>` lines and received
+//! messages.
+
+mod cli;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use cli::{config, daemon, name_client};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Relay protocols served from one sans-IO core",
+    after_help = "Example:\n  ferry up --config ferry.toml\n  ferry name-relay --listen 127.0.0.1:8080"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the name relay: TCP clients register a name, then send each other frames.
+    NameRelay(daemon::NameRelayArgs),
+    /// Talk to a name relay: interactively, or send once and/or receive N messages.
+    NameClient(name_client::Args),
+    /// Run every server from a TOML config (each on loopback at its default port without one).
+    Up(config::UpArgs),
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::NameRelay(args) => daemon::supervise(vec![args.into_spec()]),
+        Command::NameClient(args) => name_client::run(args),
+        Command::Up(args) => config::up(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! `ferry up`: every server from one TOML file (see `ferry.example.toml`).
+//!
+//! Each server has a section named after it. `enabled` (default `true`) and
+//! `listen` belong to the runtime; every other key is the protocol machine's own
+//! `Config` (durations in seconds), parsed by that type so unknown keys are errors.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use ferry_core::name_relay::server::Config as NameRelayConfig;
+use toml::{Table, Value};
+
+use super::daemon::{ServerSpec, supervise};
+
+/// The name relay's port when the config does not say (the seed's).
+const NAME_RELAY_LISTEN: &str = "127.0.0.1:8080";
+
+/// `ferry up`.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:
+  ferry up                        # every server on loopback at its default port
+  ferry up --config ferry.toml    # see runtime-mio/ferry.example.toml
+
+Prints one `<server> listening on <ADDR>` line per server on stdout.")]
+pub struct UpArgs {
+    /// The TOML config; without it every server starts with its defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Run what the config enables until SIGINT/SIGTERM.
+pub fn up(args: UpArgs) -> anyhow::Result<()> {
+    let text = match &args.config {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => String::new(),
+    };
+    let specs = parse(&text).with_context(|| match &args.config {
+        Some(path) => format!("bad config {}", path.display()),
+        None => "bad default config".to_owned(),
+    })?;
+    supervise(specs)
+}
+
+/// The servers a config enables, in a fixed order.
+pub fn parse(text: &str) -> anyhow::Result<Vec<ServerSpec>> {
+    let mut root: Table = toml::from_str(text)?;
+    let mut specs = Vec::new();
+    if let Some(section) = Section::take(&mut root, "name_relay", NAME_RELAY_LISTEN)? {
+        let config: NameRelayConfig = section
+            .rest
+            .try_into()
+            .map_err(|e| anyhow!("[name_relay]: {e}"))?;
+        specs.push(ServerSpec::NameRelay {
+            listen: section.listen,
+            config,
+        });
+    }
+    if let Some(unknown) = root.keys().next() {
+        bail!("unknown section [{unknown}]; known: [name_relay]");
+    }
+    Ok(specs)
+}
+
+/// One server's section, with the runtime's keys taken out.
+struct Section {
+    listen: SocketAddr,
+    rest: Table,
+}
+
+impl Section {
+    /// `None` if the section says `enabled = false`; a missing section is all defaults.
+    fn take(root: &mut Table, name: &str, default_listen: &str) -> anyhow::Result<Option<Section>> {
+        let mut rest = match root.remove(name) {
+            Some(Value::Table(table)) => table,
+            Some(_) => bail!("[{name}] must be a table"),
+            None => Table::new(),
+        };
+        let enabled = match rest.remove("enabled") {
+            Some(Value::Boolean(enabled)) => enabled,
+            Some(_) => bail!("[{name}] enabled must be true or false"),
+            None => true,
+        };
+        let listen = match rest.remove("listen") {
+            Some(Value::String(addr)) => addr,
+            Some(_) => bail!("[{name}] listen must be a string like \"127.0.0.1:8080\""),
+            None => default_listen.to_owned(),
+        };
+        let listen = listen
+            .parse()
+            .map_err(|e| anyhow!("[{name}] listen = {listen:?}: {e}"))?;
+        Ok(enabled.then_some(Section { listen, rest }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn empty_config_starts_every_server_at_its_default() {
+        let specs = parse("").expect("parses");
+        assert_eq!(
+            specs,
+            vec![ServerSpec::NameRelay {
+                listen: NAME_RELAY_LISTEN.parse().expect("addr"),
+                config: NameRelayConfig::default(),
+            }]
+        );
+    }
+
+    #[test]
+    fn section_sets_listen_and_machine_config() {
+        let specs = parse(
+            "[name_relay]\nlisten = \"0.0.0.0:9000\"\nidle_timeout = 2.5\nmax_connections = 7\n",
+        )
+        .expect("parses");
+        let ServerSpec::NameRelay { listen, config } = &specs[0];
+        assert_eq!(listen.port(), 9000);
+        assert_eq!(config.idle_timeout, Duration::from_millis(2500));
+        assert_eq!(config.max_connections, 7);
+        assert_eq!(config.registration_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn disabled_section_starts_nothing() {
+        assert!(
+            parse("[name_relay]\nenabled = false\n")
+                .expect("parses")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_errors() {
+        assert!(parse("[name_relay]\nidle_timeuot = 3\n").is_err());
+        assert!(parse("[nmae_relay]\n").is_err());
+        assert!(parse("[name_relay]\nlisten = \"nowhere\"\n").is_err());
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../ferry.example.toml");
+        assert_eq!(parse(text).expect("parses").len(), 1);
+    }
+}

@@ -1,0 +1,269 @@
+//! Running servers: one driver thread per server, all stopped together on
+//! SIGINT/SIGTERM or when one of them fails.
+//!
+//! A new protocol adds a [`ServerSpec`] variant, its `start` arm and its event
+//! logger; `ferry up` and the signal handling serve it unchanged.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::mpsc::{Sender, channel};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use ferry_core::name_relay::server::{CloseReason, Command, Config, Event, Server};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// How long stopped servers get to close their sockets before we give up waiting.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// `ferry name-relay`.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:
+  ferry name-relay --listen 0.0.0.0:8080 --idle-timeout 60
+  # then, in two other terminals:
+  ferry name-client localhost 8080 device_a --recv 1
+  ferry name-client localhost 8080 device_b --send device_a --data hello
+
+Prints `name-relay listening on <ADDR>` on stdout once bound (the real port with :0).")]
+pub struct NameRelayArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Seconds a new connection has to register its name.
+    #[arg(long, default_value = "3", value_name = "SECS", value_parser = parse_secs)]
+    registration_timeout: Duration,
+    /// Seconds without a byte from a client before it is closed.
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_secs)]
+    idle_timeout: Duration,
+    /// Largest frame payload accepted, in bytes.
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    max_frame_len: usize,
+    /// Bytes queued to one receiver before its senders are paused [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    max_queued_bytes: Option<usize>,
+    /// Connections served at once [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+}
+
+/// Parse seconds, whole or fractional (`3`, `0.5`).
+pub fn parse_secs(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+impl NameRelayArgs {
+    /// The server these flags describe.
+    pub fn into_spec(self) -> ServerSpec {
+        let defaults = Config::default();
+        ServerSpec::NameRelay {
+            listen: self.listen,
+            config: Config {
+                registration_timeout: self.registration_timeout,
+                idle_timeout: self.idle_timeout,
+                max_frame_len: self.max_frame_len,
+                max_queued_bytes: self.max_queued_bytes.unwrap_or(defaults.max_queued_bytes),
+                max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+                ..defaults
+            },
+        }
+    }
+}
+
+/// A server to run, with its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerSpec {
+    /// Seed 004, the name relay.
+    NameRelay {
+        /// Where to listen.
+        listen: SocketAddr,
+        /// The server's tunables.
+        config: Config,
+    },
+}
+
+impl ServerSpec {
+    fn name(&self) -> &'static str {
+        match self {
+            ServerSpec::NameRelay { .. } => "name-relay",
+        }
+    }
+
+    fn start(self, notices: Sender<Notice>) -> io::Result<Running> {
+        let name = self.name();
+        match self {
+            ServerSpec::NameRelay { listen, config } => {
+                let handle = ferry_mio::spawn(Server::new(config), move |event| {
+                    name_relay_event(event, &notices);
+                })?;
+                handle.send(Command::Listen(listen))?;
+                let remote = handle.remote();
+                Ok(Running {
+                    name,
+                    stop: Box::new(move || {
+                        // Close every connection cleanly, then end the loop.
+                        let _ = remote.send(Command::Shutdown);
+                        remote.shutdown();
+                    }),
+                    join: Box::new(move || handle.join()),
+                })
+            }
+        }
+    }
+}
+
+/// What the supervisor hears about.
+enum Notice {
+    Signal(i32),
+    Failed {
+        server: &'static str,
+        error: String,
+    },
+    Exited {
+        server: &'static str,
+        result: io::Result<()>,
+    },
+}
+
+struct Running {
+    name: &'static str,
+    stop: Box<dyn Fn() + Send>,
+    join: Box<dyn FnOnce() -> io::Result<()> + Send>,
+}
+
+/// The line scripts wait for: `<server> listening on <addr>`.
+fn announce(server: &str, local: SocketAddr) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{server} listening on {local}");
+    let _ = out.flush();
+}
+
+fn name_relay_event(event: Event, notices: &Sender<Notice>) {
+    match event {
+        Event::Listening { local, .. } => {
+            tracing::info!(%local, "name relay listening");
+            announce("name-relay", local);
+        }
+        Event::ListenFailed { error, .. } => {
+            let _ = notices.send(Notice::Failed {
+                server: "name-relay",
+                error,
+            });
+        }
+        Event::Registered { conn, name } => tracing::info!(%conn, name = %name, "registered"),
+        Event::Closed { conn, name, reason } => {
+            let name = name.unwrap_or_default();
+            match reason {
+                CloseReason::PeerClosed => tracing::info!(%conn, name = %name, "closed"),
+                CloseReason::RegistrationTimeout(_) | CloseReason::IdleTimeout(_) => {
+                    tracing::info!(%conn, name = %name, %reason, "closed by the relay");
+                }
+                reason => tracing::warn!(%conn, name = %name, %reason, "closed by the relay"),
+            }
+        }
+        Event::Dropped { from, dest, len } => {
+            tracing::debug!(from = %from, dest = %dest, len, "frame for an unknown name dropped");
+        }
+        other => tracing::debug!(?other, "name relay event"),
+    }
+}
+
+/// Run `specs` until SIGINT/SIGTERM (`Ok`) or until one fails (`Err`).
+pub fn supervise(specs: Vec<ServerSpec>) -> anyhow::Result<()> {
+    if specs.is_empty() {
+        bail!("no server is enabled");
+    }
+    let (tx, notices) = channel();
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+    let signal_handle = signals.handle();
+    let signal_tx = tx.clone();
+    thread::Builder::new()
+        .name("signals".to_owned())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal_tx.send(Notice::Signal(signal)).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+
+    let mut stops = Vec::new();
+    let mut outcome = Ok(());
+    for spec in specs {
+        let name = spec.name();
+        match spec.start(tx.clone()) {
+            Ok(running) => {
+                stops.push(running.stop);
+                let join = running.join;
+                let exited = tx.clone();
+                let joiner = thread::Builder::new().spawn(move || {
+                    let result = join();
+                    let _ = exited.send(Notice::Exited {
+                        server: running.name,
+                        result,
+                    });
+                });
+                if let Err(e) = joiner {
+                    outcome = Err(anyhow!("cannot watch {name}: {e}"));
+                    break;
+                }
+            }
+            Err(e) => {
+                outcome = Err(anyhow!("cannot start {name}: {e}"));
+                break;
+            }
+        }
+    }
+    drop(tx);
+
+    let mut running = stops.len();
+    if outcome.is_ok() {
+        outcome = match notices.recv() {
+            Ok(Notice::Signal(signal)) => {
+                tracing::info!(signal, "stopping");
+                Ok(())
+            }
+            Ok(Notice::Failed { server, error }) => Err(anyhow!("{server}: {error}")),
+            Ok(Notice::Exited { server, result }) => {
+                running -= 1;
+                match result {
+                    Ok(()) => Err(anyhow!("{server} stopped unexpectedly")),
+                    Err(e) => Err(anyhow!("{server} failed: {e}")),
+                }
+            }
+            Err(_) => Err(anyhow!("every server is gone")),
+        };
+    }
+    for stop in &stops {
+        stop();
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while running > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match notices.recv_timeout(left) {
+            Ok(Notice::Exited { server, result }) => {
+                running -= 1;
+                if let Err(e) = result {
+                    tracing::warn!("{server} ended with an error: {e}");
+                }
+            }
+            Ok(Notice::Signal(_)) => {
+                tracing::warn!("second signal: exiting at once");
+                break;
+            }
+            Ok(Notice::Failed { .. }) => {}
+            Err(_) => {
+                tracing::warn!("servers still running after {STOP_GRACE:?}: exiting anyway");
+                break;
+            }
+        }
+    }
+    signal_handle.close();
+    outcome
+}

@@ -1,0 +1,5 @@
+//! The subcommands of the `ferry` binary.
+
+pub mod config;
+pub mod daemon;
+pub mod name_client;

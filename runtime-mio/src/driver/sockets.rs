@@ -1,0 +1,736 @@
+//! The sockets of one driver and everything done to them that does not need
+//! the machine: executing actions, writing queues, pipes, lingering closes.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::time::Instant;
+
+use ferry_core::io::{Action, ConnId, Input, ListenerId, SocketId};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Interest, Poll, Token};
+
+use super::write_queue::WriteQueue;
+use super::{LINGER, PIPE_BUFFER_SIZE, READ_BUDGET, READ_BUFFER_SIZE, UDP_QUEUE, WAKER, earliest};
+
+// `io::ErrorKind::InProgress` is not stable yet; mio's docs name the errno.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const EINPROGRESS: i32 = 115;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const EINPROGRESS: i32 = 36; // macOS and the BSDs
+
+/// `None` while a non-blocking connect is still in progress.
+pub(super) fn connect_result(stream: &TcpStream) -> Option<io::Result<SocketAddr>> {
+    match stream.take_error() {
+        Ok(Some(e)) | Err(e) => Some(Err(e)),
+        Ok(None) => match stream.peer_addr() {
+            Ok(_) => Some(stream.local_addr()),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotConnected
+                    || e.raw_os_error() == Some(EINPROGRESS) =>
+            {
+                None
+            }
+            Err(e) => Some(Err(e)),
+        },
+    }
+}
+
+/// What a token stands for.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Entry {
+    Listener(ListenerId),
+    Conn(ConnId),
+    Udp(SocketId),
+    /// A pipe side that ended, still writing what was queued for it.
+    Lingering,
+}
+
+/// An input produced while executing an action, fed back after the batch.
+pub(super) enum Report {
+    Listening {
+        listener: ListenerId,
+        local: SocketAddr,
+    },
+    ListenFailed {
+        listener: ListenerId,
+        error: String,
+    },
+    ConnectFailed {
+        conn: ConnId,
+        error: String,
+    },
+    Closed {
+        conn: ConnId,
+    },
+    UdpBound {
+        socket: SocketId,
+        local: SocketAddr,
+    },
+    UdpBindFailed {
+        socket: SocketId,
+        error: String,
+    },
+}
+
+impl Report {
+    pub(super) fn as_input(&self) -> Input<'_> {
+        match self {
+            Report::Listening { listener, local } => Input::Listening {
+                listener: *listener,
+                local: *local,
+            },
+            Report::ListenFailed { listener, error } => Input::ListenFailed {
+                listener: *listener,
+                error,
+            },
+            Report::ConnectFailed { conn, error } => Input::ConnectFailed { conn: *conn, error },
+            Report::Closed { conn } => Input::Closed { conn: *conn },
+            Report::UdpBound { socket, local } => Input::UdpBound {
+                socket: *socket,
+                local: *local,
+            },
+            Report::UdpBindFailed { socket, error } => Input::UdpBindFailed {
+                socket: *socket,
+                error,
+            },
+        }
+    }
+
+    pub(super) fn conn(&self) -> Option<ConnId> {
+        match self {
+            Report::ConnectFailed { conn, .. } | Report::Closed { conn } => Some(*conn),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConnState {
+    Connecting,
+    Open,
+    /// Spliced to the other connection.
+    Piped(ConnId),
+}
+
+pub(super) struct Conn {
+    pub(super) stream: TcpStream,
+    pub(super) token: Token,
+    pub(super) state: ConnState,
+    pub(super) out: WriteQueue,
+    /// Bytes of the machine's `Send`s still in `out` (pipe bytes are not reported).
+    pub(super) unflushed: usize,
+    /// Bytes written and not yet reported as `Flushed`.
+    pub(super) flushed: usize,
+    /// Reading stopped by `PauseRead`.
+    pub(super) paused: bool,
+    /// Reading stopped because the pipe peer's queue is full.
+    pub(super) pipe_blocked: bool,
+    /// Registered with `READABLE` (`WRITABLE` always is: mio wants one interest
+    /// and edges make an idle `WRITABLE` free).
+    pub(super) reading: bool,
+}
+
+pub(super) struct Listener {
+    pub(super) socket: TcpListener,
+    pub(super) token: Token,
+}
+
+pub(super) struct Udp {
+    pub(super) socket: UdpSocket,
+    pub(super) token: Token,
+    pub(super) queue: VecDeque<(SocketAddr, Vec<u8>)>,
+}
+
+pub(super) struct Lingering {
+    pub(super) stream: TcpStream,
+    pub(super) out: WriteQueue,
+    pub(super) deadline: Instant,
+}
+
+/// Every socket, and the bookkeeping that does not need the machine.
+pub(super) struct Sockets {
+    pub(super) poll: Poll,
+    pub(super) tokens: HashMap<Token, Entry>,
+    pub(super) next_token: usize,
+    pub(super) next_conn: u64,
+    pub(super) listeners: HashMap<ListenerId, Listener>,
+    pub(super) conns: HashMap<ConnId, Conn>,
+    pub(super) udps: HashMap<SocketId, Udp>,
+    pub(super) lingering: HashMap<Token, Lingering>,
+    pub(super) buf: Vec<u8>,
+    /// Inputs produced by actions, fed after the machine is drained.
+    pub(super) pending: VecDeque<Report>,
+    /// Connections with written bytes not yet reported as `Flushed`.
+    pub(super) dirty: Vec<ConnId>,
+    /// Tokens to serve without waiting for an edge.
+    pub(super) ready: VecDeque<Token>,
+    pub(super) retry_accept: Vec<(Instant, Token)>,
+    pub(super) tun_warned: bool,
+}
+
+impl Sockets {
+    pub(super) fn new(poll: Poll) -> Self {
+        Self {
+            poll,
+            tokens: HashMap::new(),
+            next_token: WAKER.0 + 1,
+            next_conn: 1,
+            listeners: HashMap::new(),
+            conns: HashMap::new(),
+            udps: HashMap::new(),
+            lingering: HashMap::new(),
+            buf: vec![0; READ_BUFFER_SIZE],
+            pending: VecDeque::new(),
+            dirty: Vec::new(),
+            ready: VecDeque::new(),
+            retry_accept: Vec::new(),
+            tun_warned: false,
+        }
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        self.listeners.is_empty()
+            && self.conns.is_empty()
+            && self.udps.is_empty()
+            && self.lingering.is_empty()
+            && self.ready.is_empty()
+    }
+
+    /// Tokens are never reused, so a stale event can only miss, never hit another socket.
+    pub(super) fn token(&mut self, entry: Entry) -> Token {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        self.tokens.insert(token, entry);
+        token
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let linger = self.lingering.values().map(|l| l.deadline).min();
+        let retry = self.retry_accept.iter().map(|(at, _)| *at).min();
+        earliest(linger, retry)
+    }
+
+    pub(super) fn expire(&mut self, now: Instant) {
+        if !self.retry_accept.is_empty() {
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.retry_accept.drain(..).partition(|(at, _)| *at <= now);
+            self.retry_accept = later;
+            self.ready.extend(due.into_iter().map(|(_, token)| token));
+        }
+        if self.lingering.values().any(|l| l.deadline <= now) {
+            let expired: Vec<Token> = self
+                .lingering
+                .iter()
+                .filter(|(_, l)| l.deadline <= now)
+                .map(|(token, _)| *token)
+                .collect();
+            for token in expired {
+                tracing::debug!("dropping a pipe side that did not drain in {LINGER:?}");
+                self.drop_lingering(token);
+            }
+        }
+    }
+
+    pub(super) fn execute(&mut self, action: Action) {
+        match action {
+            Action::Listen { listener, addr } => self.listen(listener, addr),
+            Action::CloseListener { listener } => {
+                if let Some(mut entry) = self.listeners.remove(&listener) {
+                    let _ = self.poll.registry().deregister(&mut entry.socket);
+                    self.tokens.remove(&entry.token);
+                    self.retry_accept.retain(|(_, t)| *t != entry.token);
+                }
+            }
+            Action::Connect { conn, addr } => self.connect(conn, addr),
+            Action::Send { conn, data } => self.send(conn, data),
+            Action::Close { conn } => self.close(conn),
+            Action::PauseRead { conn } => self.set_paused(conn, true),
+            Action::ResumeRead { conn } => self.set_paused(conn, false),
+            Action::Pipe { a, b } => self.pipe(a, b),
+            Action::BindUdp { socket, addr } => self.bind_udp(socket, addr),
+            Action::CloseUdp { socket } => {
+                if let Some(mut udp) = self.udps.remove(&socket) {
+                    let _ = self.poll.registry().deregister(&mut udp.socket);
+                    self.tokens.remove(&udp.token);
+                }
+            }
+            Action::SendTo { socket, to, data } => self.send_to(socket, to, data),
+            Action::WriteTun(packet) => {
+                if self.tun_warned {
+                    tracing::debug!(len = packet.len(), "no TUN device: packet dropped");
+                } else {
+                    self.tun_warned = true;
+                    tracing::warn!(len = packet.len(), "no TUN device: packet dropped");
+                }
+            }
+        }
+    }
+
+    pub(super) fn listen(&mut self, listener: ListenerId, addr: SocketAddr) {
+        let bound = TcpListener::bind(addr).and_then(|socket| {
+            let local = socket.local_addr()?;
+            Ok((socket, local))
+        });
+        match bound {
+            Ok((mut socket, local)) => {
+                let token = self.token(Entry::Listener(listener));
+                if let Err(e) =
+                    self.poll
+                        .registry()
+                        .register(&mut socket, token, Interest::READABLE)
+                {
+                    self.tokens.remove(&token);
+                    self.pending.push_back(Report::ListenFailed {
+                        listener,
+                        error: e.to_string(),
+                    });
+                    return;
+                }
+                tracing::debug!(%listener, %local, "listening");
+                self.listeners.insert(listener, Listener { socket, token });
+                self.pending
+                    .push_back(Report::Listening { listener, local });
+            }
+            Err(e) => self.pending.push_back(Report::ListenFailed {
+                listener,
+                error: format!("cannot listen on {addr}: {e}"),
+            }),
+        }
+    }
+
+    pub(super) fn register_conn(
+        &mut self,
+        id: ConnId,
+        mut stream: TcpStream,
+        state: ConnState,
+    ) -> io::Result<()> {
+        let token = self.token(Entry::Conn(id));
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.tokens.remove(&token);
+            return Err(e);
+        }
+        self.conns.insert(
+            id,
+            Conn {
+                stream,
+                token,
+                state,
+                out: WriteQueue::default(),
+                unflushed: 0,
+                flushed: 0,
+                paused: false,
+                pipe_blocked: false,
+                reading: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Take an accepted stream; its id has the core bit clear.
+    pub(super) fn adopt(&mut self, stream: TcpStream) -> io::Result<ConnId> {
+        let _ = stream.set_nodelay(true);
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.register_conn(id, stream, ConnState::Open)?;
+        Ok(id)
+    }
+
+    pub(super) fn connect(&mut self, conn: ConnId, addr: SocketAddr) {
+        let result = TcpStream::connect(addr)
+            .and_then(|s| self.register_conn(conn, s, ConnState::Connecting));
+        if let Err(e) = result {
+            self.pending.push_back(Report::ConnectFailed {
+                conn,
+                error: format!("cannot connect to {addr}: {e}"),
+            });
+        }
+    }
+
+    pub(super) fn send(&mut self, id: ConnId, data: Vec<u8>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            tracing::trace!(%id, "send to an unknown connection ignored");
+            return;
+        };
+        conn.unflushed += data.len();
+        conn.out.push(data);
+        if conn.state != ConnState::Connecting {
+            self.flush(id);
+        }
+    }
+
+    /// Write what is queued for `id`; note it for `Flushed`; unblock a pipe source.
+    pub(super) fn flush(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.out.is_empty() || conn.state == ConnState::Connecting {
+            return;
+        }
+        match conn.out.write_to(&mut conn.stream) {
+            Ok(n) => {
+                let machine_bytes = n.min(conn.unflushed);
+                if machine_bytes > 0 {
+                    conn.unflushed -= machine_bytes;
+                    if conn.flushed == 0 {
+                        self.dirty.push(id);
+                    }
+                    conn.flushed += machine_bytes;
+                }
+                if let ConnState::Piped(source) = conn.state
+                    && conn.out.len < PIPE_BUFFER_SIZE
+                {
+                    self.unblock(source);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%id, "write failed: {e}");
+                self.lose(id);
+            }
+        }
+    }
+
+    pub(super) fn take_flushed(&mut self) -> Option<(ConnId, usize)> {
+        while let Some(id) = self.dirty.pop() {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                let bytes = std::mem::take(&mut conn.flushed);
+                if bytes > 0 {
+                    return Some((id, bytes));
+                }
+            }
+        }
+        None
+    }
+
+    pub(super) fn update_interest(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let reading = !conn.paused && !conn.pipe_blocked;
+        if reading == conn.reading {
+            return;
+        }
+        let interest = if reading {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::WRITABLE
+        };
+        match self
+            .poll
+            .registry()
+            .reregister(&mut conn.stream, conn.token, interest)
+        {
+            Ok(()) => {
+                conn.reading = reading;
+                if reading {
+                    // Bytes that came while paused brought their edge already.
+                    self.ready.push_back(conn.token);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%id, "reregister failed: {e}");
+                self.lose(id);
+            }
+        }
+    }
+
+    pub(super) fn set_paused(&mut self, id: ConnId, paused: bool) {
+        if let Some(conn) = self.conns.get_mut(&id)
+            && conn.paused != paused
+        {
+            conn.paused = paused;
+            self.update_interest(id);
+        }
+    }
+
+    pub(super) fn unblock(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(&id)
+            && conn.pipe_blocked
+        {
+            conn.pipe_blocked = false;
+            self.update_interest(id);
+        }
+    }
+
+    /// Remove `id` from the tables; the caller decides what becomes of the socket.
+    pub(super) fn forget(&mut self, id: ConnId) -> Option<Conn> {
+        let mut conn = self.conns.remove(&id)?;
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.tokens.remove(&conn.token);
+        Some(conn)
+    }
+
+    /// The machine closes `id`: one write attempt, then close; no input after.
+    pub(super) fn close(&mut self, id: ConnId) {
+        self.pending.retain(|r| r.conn() != Some(id));
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let peer = match conn.state {
+            ConnState::Piped(peer) => Some(peer),
+            _ => None,
+        };
+        if let Some(conn) = self.forget(id) {
+            finish(conn.stream, conn.out, &mut self.buf);
+        }
+        // The other side of a pipe cannot go on alone; it is reported, `id` is not.
+        if let Some(peer) = peer.and_then(|peer| self.forget(peer).map(|c| (peer, c))) {
+            let (peer, conn) = peer;
+            self.pending.retain(|r| r.conn() != Some(peer));
+            self.pending.push_back(Report::Closed { conn: peer });
+            self.linger(conn);
+        }
+    }
+
+    /// `id` ended (EOF or error) without the machine asking: report `Closed`.
+    pub(super) fn lose(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        if let ConnState::Piped(_) = conn.state {
+            self.end_pipe(id, true);
+            return;
+        }
+        if let Some(conn) = self.forget(id) {
+            finish(conn.stream, conn.out, &mut self.buf);
+            self.pending.push_back(Report::Closed { conn: id });
+        }
+    }
+
+    pub(super) fn pipe(&mut self, a: ConnId, b: ConnId) {
+        let usable = |conn: Option<&Conn>| conn.is_some_and(|c| c.state == ConnState::Open);
+        if a == b || !usable(self.conns.get(&a)) || !usable(self.conns.get(&b)) {
+            tracing::warn!(%a, %b, "cannot pipe: both must be distinct open connections");
+            self.lose(a);
+            self.lose(b);
+            return;
+        }
+        for (this, other) in [(a, b), (b, a)] {
+            if let Some(conn) = self.conns.get_mut(&this) {
+                conn.state = ConnState::Piped(other);
+                conn.paused = false;
+                let token = conn.token;
+                self.update_interest(this);
+                // Bytes may wait in the socket whose edge the machine already took.
+                self.ready.push_back(token);
+            }
+        }
+    }
+
+    /// Copy from piped `id` to its peer until the socket is empty, the peer's
+    /// queue is full, or this wakeup's share is used.
+    pub(super) fn pump(&mut self, id: ConnId, short_read_drains: bool) {
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
+            let Some(ConnState::Piped(peer_id)) = self.conns.get(&id).map(|c| c.state) else {
+                return;
+            };
+            let queued = self.conns.get(&peer_id).map_or(0, |p| p.out.len);
+            // Read no more than the peer's queue can take: the bound is exact.
+            let room = PIPE_BUFFER_SIZE.saturating_sub(queued).min(self.buf.len());
+            if room == 0 {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.pipe_blocked = true;
+                }
+                self.update_interest(id);
+                return;
+            }
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let n = match conn.stream.read(&mut self.buf[..room]) {
+                Ok(0) => {
+                    self.end_pipe(id, false);
+                    return;
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    n
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(%id, "pipe read failed: {e}");
+                    self.end_pipe(id, true);
+                    return;
+                }
+            };
+            let Some(peer) = self.conns.get_mut(&peer_id) else {
+                return;
+            };
+            if let Err(e) = peer.out.write_slice(&mut peer.stream, &self.buf[..n]) {
+                tracing::debug!(id = %peer_id, "pipe write failed: {e}");
+                self.end_pipe(peer_id, true);
+                return;
+            }
+            if short_read_drains && n < room {
+                return;
+            }
+        }
+        if let Some(conn) = self.conns.get(&id) {
+            self.ready.push_back(conn.token);
+        }
+    }
+
+    /// One side of a pipe ended: report `Closed` for both, let each write what is
+    /// queued for it (unless it failed), then close.
+    pub(super) fn end_pipe(&mut self, id: ConnId, failed: bool) {
+        let peer = match self.conns.get(&id).map(|c| c.state) {
+            Some(ConnState::Piped(peer)) => Some(peer),
+            Some(_) => None,
+            None => return,
+        };
+        for (side, side_failed) in [(Some(id), failed), (peer, false)] {
+            let Some(side) = side else { continue };
+            let Some(conn) = self.forget(side) else {
+                continue;
+            };
+            self.pending.retain(|r| r.conn() != Some(side));
+            self.pending.push_back(Report::Closed { conn: side });
+            if side_failed {
+                continue; // dropped
+            }
+            self.linger(conn);
+        }
+    }
+
+    pub(super) fn linger(&mut self, conn: Conn) {
+        let Conn {
+            mut stream,
+            mut out,
+            ..
+        } = conn;
+        if out.write_to(&mut stream).is_err() {
+            return;
+        }
+        if out.is_empty() {
+            finish(stream, out, &mut self.buf);
+            return;
+        }
+        let token = self.token(Entry::Lingering);
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::WRITABLE)
+            .is_err()
+        {
+            self.tokens.remove(&token);
+            return;
+        }
+        self.lingering.insert(
+            token,
+            Lingering {
+                stream,
+                out,
+                deadline: Instant::now() + LINGER,
+            },
+        );
+    }
+
+    pub(super) fn linger_ready(&mut self, token: Token) {
+        let Some(l) = self.lingering.get_mut(&token) else {
+            return;
+        };
+        match l.out.write_to(&mut l.stream) {
+            Ok(_) if l.out.is_empty() => {
+                if let Some(mut l) = self.lingering.remove(&token) {
+                    self.tokens.remove(&token);
+                    let _ = self.poll.registry().deregister(&mut l.stream);
+                    finish(l.stream, l.out, &mut self.buf);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => self.drop_lingering(token),
+        }
+    }
+
+    pub(super) fn drop_lingering(&mut self, token: Token) {
+        if let Some(mut l) = self.lingering.remove(&token) {
+            self.tokens.remove(&token);
+            let _ = self.poll.registry().deregister(&mut l.stream);
+        }
+    }
+
+    pub(super) fn bind_udp(&mut self, socket: SocketId, addr: SocketAddr) {
+        let bound = UdpSocket::bind(addr).and_then(|s| Ok((s.local_addr()?, s)));
+        let (local, mut udp) = match bound {
+            Ok(bound) => bound,
+            Err(e) => {
+                self.pending.push_back(Report::UdpBindFailed {
+                    socket,
+                    error: format!("cannot bind UDP {addr}: {e}"),
+                });
+                return;
+            }
+        };
+        let token = self.token(Entry::Udp(socket));
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut udp, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            self.tokens.remove(&token);
+            self.pending.push_back(Report::UdpBindFailed {
+                socket,
+                error: e.to_string(),
+            });
+            return;
+        }
+        self.udps.insert(
+            socket,
+            Udp {
+                socket: udp,
+                token,
+                queue: VecDeque::new(),
+            },
+        );
+        self.pending.push_back(Report::UdpBound { socket, local });
+    }
+
+    pub(super) fn send_to(&mut self, id: SocketId, to: SocketAddr, data: Vec<u8>) {
+        let Some(udp) = self.udps.get_mut(&id) else {
+            return;
+        };
+        if udp.queue.len() >= UDP_QUEUE {
+            tracing::debug!(%id, %to, "UDP queue full: datagram dropped");
+            return;
+        }
+        udp.queue.push_back((to, data));
+        if udp.queue.len() == 1 {
+            self.flush_udp(id);
+        }
+    }
+
+    pub(super) fn flush_udp(&mut self, id: SocketId) {
+        let Some(udp) = self.udps.get_mut(&id) else {
+            return;
+        };
+        while let Some((to, data)) = udp.queue.front() {
+            match udp.socket.send_to(data, *to) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => tracing::debug!(%id, %to, "send_to failed, datagram dropped: {e}"),
+            }
+            udp.queue.pop_front();
+        }
+    }
+}
+
+/// Close a stream the machine is done with: one non-blocking write of what is
+/// queued, `FIN`, and a short drain of unread input (closing with unread input
+/// makes the kernel send `RST`, which can destroy what we just wrote).
+fn finish(mut stream: TcpStream, mut out: WriteQueue, buf: &mut [u8]) {
+    let _ = out.write_to(&mut stream);
+    let _ = stream.shutdown(Shutdown::Write);
+    for _ in 0..4 {
+        match stream.read(buf) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! The driver against a probe machine whose commands are raw actions and whose
+//! events are the inputs it was fed, over real loopback sockets.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{
+    SocketAddr, TcpListener as StdListener, TcpStream as StdStream, UdpSocket as StdUdp,
+};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use ferry_core::io::{Action, CORE_ID_BIT, ConnId, Input, ListenerId, Machine, SocketId};
+
+use super::write_queue::WriteQueue;
+use super::{Handle, run, spawn};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Listening(ListenerId, SocketAddr),
+    ListenFailed(ListenerId),
+    Accepted(ListenerId, ConnId),
+    Connected(ConnId),
+    ConnectFailed(ConnId),
+    Received(ConnId, Vec<u8>),
+    Closed(ConnId),
+    Flushed(ConnId, usize),
+    UdpBound(SocketId, SocketAddr),
+    Datagram(SocketId, SocketAddr, Vec<u8>),
+    Timeout,
+    Pong(u32),
+}
+
+enum Cmd {
+    Do(Action),
+    Timer(Duration),
+    /// Answered with `Pong`: every earlier command has been executed.
+    Ping(u32),
+}
+
+/// Reports every input; optionally echoes what it receives.
+#[derive(Default)]
+struct Probe {
+    echo: bool,
+    actions: VecDeque<Action>,
+    seen: VecDeque<Seen>,
+    deadline: Option<Instant>,
+}
+
+impl Machine for Probe {
+    type Command = Cmd;
+    type Event = Seen;
+
+    fn handle_input(&mut self, input: Input<'_>, _now: Instant) {
+        let seen = match input {
+            Input::Listening { listener, local } => Seen::Listening(listener, local),
+            Input::ListenFailed { listener, .. } => Seen::ListenFailed(listener),
+            Input::Accepted { listener, conn, .. } => Seen::Accepted(listener, conn),
+            Input::Connected { conn, .. } => Seen::Connected(conn),
+            Input::ConnectFailed { conn, .. } => Seen::ConnectFailed(conn),
+            Input::Received { conn, data } => {
+                if self.echo {
+                    self.actions.push_back(Action::Send {
+                        conn,
+                        data: data.to_vec(),
+                    });
+                }
+                Seen::Received(conn, data.to_vec())
+            }
+            Input::Closed { conn } => Seen::Closed(conn),
+            Input::Flushed { conn, bytes } => Seen::Flushed(conn, bytes),
+            Input::UdpBound { socket, local } => Seen::UdpBound(socket, local),
+            Input::UdpBindFailed { .. } | Input::TunPacket(_) => return,
+            Input::Datagram { socket, from, data } => Seen::Datagram(socket, from, data.to_vec()),
+        };
+        self.seen.push_back(seen);
+    }
+
+    fn handle_command(&mut self, command: Cmd, now: Instant) {
+        match command {
+            Cmd::Do(action) => self.actions.push_back(action),
+            Cmd::Timer(after) => self.deadline = Some(now + after),
+            Cmd::Ping(n) => self.seen.push_back(Seen::Pong(n)),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.deadline.is_some_and(|d| d <= now) {
+            self.deadline = None;
+            self.seen.push_back(Seen::Timeout);
+        }
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_event(&mut self) -> Option<Seen> {
+        self.seen.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
+
+struct Harness {
+    handle: Handle<Cmd>,
+    seen: Receiver<Seen>,
+    pings: u32,
+}
+
+impl Harness {
+    fn start(echo: bool) -> Self {
+        let (tx, seen) = channel();
+        let probe = Probe {
+            echo,
+            ..Probe::default()
+        };
+        let handle = spawn(probe, move |e| {
+            let _ = tx.send(e);
+        })
+        .expect("spawn the driver");
+        Self {
+            handle,
+            seen,
+            pings: 0,
+        }
+    }
+
+    fn act(&self, action: Action) {
+        self.handle.send(Cmd::Do(action)).expect("driver runs");
+    }
+
+    /// The next event that `pick` accepts; others are skipped.
+    fn wait_for<T>(&self, what: &str, mut pick: impl FnMut(&Seen) -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.seen.recv_timeout(left) {
+                Ok(seen) => match pick(&seen) {
+                    Some(found) => return found,
+                    None => skipped.push(seen),
+                },
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    panic!("no {what} within {WAIT:?}; saw {skipped:?}")
+                }
+            }
+        }
+    }
+
+    /// Wait until every command sent so far was executed; return what came meanwhile.
+    fn sync(&mut self) -> Vec<Seen> {
+        self.pings += 1;
+        let n = self.pings;
+        self.handle.send(Cmd::Ping(n)).expect("driver runs");
+        let mut before = Vec::new();
+        self.wait_for("pong", |s| {
+            if *s == Seen::Pong(n) {
+                Some(())
+            } else {
+                before.push(s.clone());
+                None
+            }
+        });
+        before
+    }
+
+    fn listen(&self) -> (ListenerId, SocketAddr) {
+        let listener = ListenerId(CORE_ID_BIT | 1);
+        self.act(Action::Listen {
+            listener,
+            addr: loopback(),
+        });
+        let local = self.wait_for("listening", |s| match s {
+            Seen::Listening(l, local) if *l == listener => Some(*local),
+            _ => None,
+        });
+        (listener, local)
+    }
+
+    fn accept(&self, addr: SocketAddr) -> (StdStream, ConnId) {
+        let stream = StdStream::connect(addr).expect("connect to the driver");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        let conn = self.wait_for("accepted", |s| match s {
+            Seen::Accepted(_, conn) => Some(*conn),
+            _ => None,
+        });
+        (stream, conn)
+    }
+
+    fn received(&self, conn: ConnId, len: usize) -> Vec<u8> {
+        let mut data = Vec::new();
+        while data.len() < len {
+            data.extend(self.wait_for("received", |s| match s {
+                Seen::Received(c, d) if *c == conn => Some(d.clone()),
+                _ => None,
+            }));
+        }
+        data
+    }
+
+    fn stop(self) {
+        self.handle.shutdown();
+        self.handle.join().expect("driver ends cleanly");
+    }
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn accepted_connection_gets_runtime_id_and_echo_roundtrips() {
+    let h = Harness::start(true);
+    let (_, addr) = h.listen();
+    assert_ne!(addr.port(), 0, "Listening reports the real port");
+    let (mut client, conn) = h.accept(addr);
+    assert_eq!(
+        conn,
+        ConnId(1),
+        "runtime ids count from 1 without the core bit"
+    );
+    client.write_all(b"hello").expect("write");
+    let mut back = [0; 5];
+    client.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, b"hello");
+    h.stop();
+}
+
+#[test]
+fn flushed_sums_equal_bytes_sent() {
+    const LEN: usize = 8 << 20;
+    let h = Harness::start(true);
+    let (_, addr) = h.listen();
+    let (client, conn) = h.accept(addr);
+    let mut writer = client.try_clone().expect("clone");
+    let sent = pattern(LEN);
+    let expected = sent.clone();
+    let writing = std::thread::spawn(move || writer.write_all(&sent));
+    let mut reader = client;
+    let mut back = vec![0; LEN];
+    reader.read_exact(&mut back).expect("all bytes echoed");
+    assert!(back == expected, "echoed bytes differ");
+    writing.join().expect("writer").expect("write");
+    drop(reader);
+
+    let (mut received, mut flushed) = (0, 0);
+    h.wait_for("closed", |s| match s {
+        Seen::Received(c, d) if *c == conn => {
+            received += d.len();
+            None
+        }
+        Seen::Flushed(c, n) if *c == conn => {
+            flushed += n;
+            None
+        }
+        Seen::Closed(c) if *c == conn => Some(()),
+        _ => None,
+    });
+    assert_eq!(received, LEN);
+    assert_eq!(flushed, LEN, "every echoed byte is reported flushed, once");
+    h.stop();
+}
+
+#[test]
+fn pause_read_stops_reads_until_resume() {
+    let mut h = Harness::start(false);
+    let (_, addr) = h.listen();
+    let (mut client, conn) = h.accept(addr);
+    client.write_all(b"before").expect("write");
+    assert_eq!(h.received(conn, 6), b"before");
+
+    h.act(Action::PauseRead { conn });
+    h.sync();
+    client.write_all(b"while paused").expect("write");
+    std::thread::sleep(Duration::from_millis(200));
+    let meanwhile = h.sync();
+    assert!(
+        !meanwhile.iter().any(|s| matches!(s, Seen::Received(..))),
+        "read while paused: {meanwhile:?}"
+    );
+
+    h.act(Action::ResumeRead { conn });
+    assert_eq!(h.received(conn, 12), b"while paused");
+    h.stop();
+}
+
+#[test]
+fn close_sends_queued_bytes_and_brings_no_further_input() {
+    let mut h = Harness::start(false);
+    let (_, addr) = h.listen();
+    let (mut client, conn) = h.accept(addr);
+    client.write_all(b"x").expect("write");
+    h.received(conn, 1);
+
+    h.act(Action::Send {
+        conn,
+        data: b"bye".to_vec(),
+    });
+    h.act(Action::Close { conn });
+    h.sync();
+    let mut rest = Vec::new();
+    client
+        .read_to_end(&mut rest)
+        .expect("EOF after the queued bytes");
+    assert_eq!(rest, b"bye");
+    let _ = client.write_all(b"too late");
+    drop(client);
+    std::thread::sleep(Duration::from_millis(200));
+    let after = h.sync();
+    assert!(
+        !after
+            .iter()
+            .any(|s| matches!(s, Seen::Received(c, _) | Seen::Closed(c) if *c == conn)),
+        "input after Close: {after:?}"
+    );
+    h.stop();
+}
+
+#[test]
+fn peer_close_is_reported_once() {
+    let mut h = Harness::start(false);
+    let (_, addr) = h.listen();
+    let (client, conn) = h.accept(addr);
+    drop(client);
+    h.wait_for("closed", |s| (*s == Seen::Closed(conn)).then_some(()));
+    std::thread::sleep(Duration::from_millis(100));
+    let after = h.sync();
+    assert!(
+        !after.contains(&Seen::Closed(conn)),
+        "closed twice: {after:?}"
+    );
+    h.stop();
+}
+
+#[test]
+fn connect_reports_connected_then_bytes_flow() {
+    let h = Harness::start(false);
+    let server = StdListener::bind(loopback()).expect("bind");
+    let conn = ConnId(CORE_ID_BIT | 7);
+    h.act(Action::Connect {
+        conn,
+        addr: server.local_addr().expect("addr"),
+    });
+    // Sent before the connection is up: queued, written once connected.
+    h.act(Action::Send {
+        conn,
+        data: b"early".to_vec(),
+    });
+    let (mut peer, _) = server.accept().expect("accept");
+    peer.set_read_timeout(Some(WAIT)).expect("timeout");
+    h.wait_for("connected", |s| (*s == Seen::Connected(conn)).then_some(()));
+    let mut early = [0; 5];
+    peer.read_exact(&mut early).expect("early bytes");
+    assert_eq!(&early, b"early");
+    peer.write_all(b"pong").expect("write");
+    assert_eq!(h.received(conn, 4), b"pong");
+    h.stop();
+}
+
+#[test]
+fn connect_to_a_closed_port_fails() {
+    let h = Harness::start(false);
+    let closed = StdListener::bind(loopback())
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let conn = ConnId(CORE_ID_BIT | 1);
+    h.act(Action::Connect { conn, addr: closed });
+    h.wait_for("connect failed", |s| {
+        (*s == Seen::ConnectFailed(conn)).then_some(())
+    });
+    h.stop();
+}
+
+#[test]
+fn listen_on_a_taken_address_fails() {
+    let h = Harness::start(false);
+    let taken = StdListener::bind(loopback()).expect("bind");
+    let listener = ListenerId(CORE_ID_BIT | 3);
+    h.act(Action::Listen {
+        listener,
+        addr: taken.local_addr().expect("addr"),
+    });
+    h.wait_for("listen failed", |s| {
+        (*s == Seen::ListenFailed(listener)).then_some(())
+    });
+    h.stop();
+}
+
+#[test]
+fn pipe_splices_both_ways_and_closes_both() {
+    const LEN: usize = 4 << 20;
+    let mut h = Harness::start(false);
+    let (_, addr) = h.listen();
+    let (mut left, a) = h.accept(addr);
+    let (mut right, b) = h.accept(addr);
+    h.act(Action::Pipe { a, b });
+    h.sync();
+
+    left.write_all(b"ping").expect("write");
+    let mut got = [0; 4];
+    right.read_exact(&mut got).expect("spliced to the right");
+    assert_eq!(&got, b"ping");
+    right.write_all(b"pong").expect("write");
+    left.read_exact(&mut got).expect("spliced to the left");
+    assert_eq!(&got, b"pong");
+
+    // More than the pipe buffer, so back-pressure must hold and release.
+    let data = pattern(LEN);
+    let expected = data.clone();
+    let mut writer = left.try_clone().expect("clone");
+    let writing = std::thread::spawn(move || {
+        writer.write_all(&data)?;
+        writer.shutdown(std::net::Shutdown::Write)
+    });
+    let mut out = Vec::new();
+    right.read_to_end(&mut out).expect("all bytes, then EOF");
+    writing.join().expect("writer").expect("write");
+    assert!(
+        out == expected,
+        "spliced bytes differ ({} of {LEN})",
+        out.len()
+    );
+
+    let mut closed = Vec::new();
+    h.wait_for("both closed", |s| {
+        if let Seen::Closed(c) = s {
+            closed.push(*c);
+        }
+        (closed.len() == 2).then_some(())
+    });
+    closed.sort();
+    assert_eq!(closed, vec![a, b]);
+    let after = h.sync();
+    assert!(
+        !after.iter().any(|s| matches!(s, Seen::Received(..))),
+        "the machine saw piped bytes: {after:?}"
+    );
+    h.stop();
+}
+
+#[test]
+fn closing_one_piped_side_reports_only_the_other() {
+    let mut h = Harness::start(false);
+    let (_, addr) = h.listen();
+    let (mut left, a) = h.accept(addr);
+    let (mut right, b) = h.accept(addr);
+    h.act(Action::Pipe { a, b });
+    h.act(Action::Close { conn: a });
+    h.wait_for("the other side closed", |s| {
+        (*s == Seen::Closed(b)).then_some(())
+    });
+    let after = h.sync();
+    assert!(
+        !after.contains(&Seen::Closed(a)),
+        "input after Close: {after:?}"
+    );
+    let mut buf = [0; 1];
+    assert_eq!(left.read(&mut buf).expect("EOF"), 0);
+    assert_eq!(right.read(&mut buf).expect("EOF"), 0);
+    h.stop();
+}
+
+#[test]
+fn udp_datagrams_both_ways() {
+    let h = Harness::start(false);
+    let socket = SocketId(CORE_ID_BIT | 1);
+    h.act(Action::BindUdp {
+        socket,
+        addr: loopback(),
+    });
+    let local = h.wait_for("bound", |s| match s {
+        Seen::UdpBound(id, local) if *id == socket => Some(*local),
+        _ => None,
+    });
+    let peer = StdUdp::bind(loopback()).expect("bind");
+    peer.set_read_timeout(Some(WAIT)).expect("timeout");
+    peer.send_to(b"hi relay", local).expect("send");
+    let from = h.wait_for("datagram", |s| match s {
+        Seen::Datagram(id, from, data) if *id == socket && data == b"hi relay" => Some(*from),
+        _ => None,
+    });
+    assert_eq!(from, peer.local_addr().expect("addr"));
+    h.act(Action::SendTo {
+        socket,
+        to: from,
+        data: b"hi peer".to_vec(),
+    });
+    let mut buf = [0; 64];
+    let (n, sender) = peer.recv_from(&mut buf).expect("reply");
+    assert_eq!(&buf[..n], b"hi peer");
+    assert_eq!(sender, local);
+    h.act(Action::CloseUdp { socket });
+    h.act(Action::WriteTun(vec![0x45, 0, 0, 20]));
+    h.stop();
+}
+
+#[test]
+fn timer_fires_after_its_deadline() {
+    let h = Harness::start(false);
+    let start = Instant::now();
+    h.handle
+        .send(Cmd::Timer(Duration::from_millis(50)))
+        .expect("send");
+    h.wait_for("timeout", |s| (*s == Seen::Timeout).then_some(()));
+    assert!(start.elapsed() >= Duration::from_millis(50));
+    h.stop();
+}
+
+#[test]
+fn shutdown_drops_every_socket() {
+    let h = Harness::start(true);
+    let (_, addr) = h.listen();
+    let (mut client, _) = h.accept(addr);
+    h.stop();
+    let mut buf = [0; 1];
+    assert_eq!(client.read(&mut buf).expect("EOF"), 0);
+    assert!(StdStream::connect(addr).is_err(), "the listener is gone");
+}
+
+#[test]
+fn run_returns_when_nothing_can_happen_any_more() {
+    let probe = run(Probe::default(), |_| {}).expect("runs");
+    assert!(probe.actions.is_empty());
+}
+
+#[test]
+fn write_queue_consumes_across_buffers() {
+    let mut q = WriteQueue::default();
+    q.push(b"abc".to_vec());
+    q.push(Vec::new());
+    q.push(b"defg".to_vec());
+    let mut out = Vec::new();
+    q.consume(2);
+    assert_eq!(q.write_to(&mut out).expect("write"), 5);
+    assert_eq!(out, b"cdefg");
+    assert!(q.is_empty() && q.bufs.is_empty() && q.head == 0);
+}
