@@ -210,6 +210,30 @@ pub struct Server {
     stats: Stats,
 }
 
+/// The length of a delivered frame, `{sender}|{len}|{payload}`.
+fn frame_len_out(sender: &[u8], len: usize) -> usize {
+    wire::frame_header_len(sender, len) + len
+}
+
+/// How many more bytes `conn`'s held input needs to hold a whole message (at least 1).
+fn missing(conn: &Conn, config: &Config) -> usize {
+    const LONGEST_HEADER: usize = wire::MAX_NAME_LEN + 1 + 21;
+    if conn.name().is_none() {
+        return config.max_name_len + 1;
+    }
+    match wire::parse_frame_header(
+        &conn.pending_input,
+        config.max_name_len,
+        config.max_frame_len,
+    ) {
+        Ok(Parsed::Done { value, consumed }) => (consumed + value.len)
+            .saturating_sub(conn.pending_input.len())
+            .max(1),
+        // Enough to finish (or to reject) any header.
+        _ => LONGEST_HEADER,
+    }
+}
+
 /// The first instant *more than* `timeout` after `from`: the spec's timeouts are
 /// strict ("more than 30 s"), and a deadline fires at `<= now`.
 fn after(from: Instant, timeout: Duration) -> Instant {
@@ -258,16 +282,20 @@ impl Server {
         self.names.get(name).copied()
     }
 
-    fn send(&mut self, conn: ConnId, bytes: impl FnOnce(&mut Vec<u8>)) {
+    /// Queue bytes for `conn`. `room` is how many bytes the caller may still
+    /// append to the same `Send` (e.g. the rest of the read being parsed): it is
+    /// reserved at once, so a run of frames grows the buffer once, not per frame.
+    fn send(&mut self, conn: ConnId, room: usize, bytes: impl FnOnce(&mut Vec<u8>)) {
         // Coalesce with a Send to the same connection queued just before: many
         // small frames from one read become one write.
         if let Some(Action::Send { conn: last, data }) = self.actions.back_mut()
             && *last == conn
         {
+            data.reserve(room);
             bytes(data);
             return;
         }
-        let mut data = Vec::new();
+        let mut data = Vec::with_capacity(room);
         bytes(&mut data);
         self.actions.push_back(Action::Send { conn, data });
     }
@@ -298,16 +326,27 @@ impl Server {
             .set(conn, after(now, self.config.registration_timeout));
     }
 
-    fn receive(&mut self, id: ConnId, data: &[u8], now: Instant) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        conn.last_rx = now;
-        if conn.waiting_for.is_some() || !conn.pending_input.is_empty() {
-            conn.pending_input.extend_from_slice(data);
-            if conn.waiting_for.is_none() {
-                self.consume_pending(id, now);
+    fn receive(&mut self, id: ConnId, mut data: &[u8], now: Instant) {
+        // First finish the message held from earlier reads, topping it up with only
+        // the bytes it still needs: a read is never copied whole behind a partial frame.
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            conn.last_rx = now;
+            if conn.waiting_for.is_some() {
+                conn.pending_input.extend_from_slice(data);
+                return;
             }
+            if conn.pending_input.is_empty() || data.is_empty() {
+                break;
+            }
+            let take = missing(conn, &self.config).min(data.len());
+            conn.pending_input.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            self.consume_pending(id, now);
+        }
+        if data.is_empty() {
             return;
         }
         // Fast path: parse straight from the read buffer, keep only the leftover.
@@ -395,7 +434,9 @@ impl Server {
                 self.wait_for(id, dest);
                 return Consumed::Stopped(at);
             }
-            self.deliver(&sender, dest, payload);
+            // Frames later in this input may follow this one into the same Send.
+            let room = frame_len_out(&sender, header.len) + (input.len() - frame_end);
+            self.deliver(&sender, dest, payload, room);
             at = frame_end;
             if self.is_full(dest) {
                 self.wait_for(id, dest);
@@ -421,12 +462,9 @@ impl Server {
         None
     }
 
-    fn deliver(&mut self, sender: &[u8], dest: ConnId, payload: &[u8]) {
-        let frame_len = wire::frame_header_len(sender, payload.len()) + payload.len();
-        self.send(dest, |out| {
-            out.reserve(frame_len);
-            wire::encode_frame(sender, payload, out);
-        });
+    fn deliver(&mut self, sender: &[u8], dest: ConnId, payload: &[u8], room: usize) {
+        let frame_len = frame_len_out(sender, payload.len());
+        self.send(dest, room, |out| wire::encode_frame(sender, payload, out));
         self.stats.frames_delivered += 1;
         self.stats.bytes_delivered += payload.len() as u64;
         if let Some(receiver) = self.conns.get_mut(&dest) {
