@@ -15,6 +15,7 @@ pub fn test_config() -> Config {
         idle_timeout: s.idle_timeout,
         max_frame_len: s.max_frame_len,
         max_queued_bytes: s.max_queued_bytes,
+        max_connections: s.max_connections,
         ..Config::default()
     }
 }

@@ -19,7 +19,7 @@ use cli::{config, daemon, name_client};
     name = "ferry",
     version,
     about = "Relay protocols served from one sans-IO core",
-    after_help = "Example:\n  ferry up --config ferry.toml\n  ferry name-relay --listen 127.0.0.1:8080"
+    after_help = "Example:\n  ferry up --config runtime-mio/ferry.example.toml\n  ferry name-relay --listen 127.0.0.1:8080"
 )]
 struct Cli {
     #[command(subcommand)]

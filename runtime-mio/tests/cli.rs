@@ -344,3 +344,30 @@ fn up_rejects_an_unknown_key() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("idle_timeuot"));
 }
+
+/// NR-5: the relay closes a connection with a malformed frame and logs why;
+/// SIGINT stops it cleanly too.
+#[test]
+fn nr5_malformed_frame_reason_is_logged_and_sigint_stops() {
+    let (relay, addr, log) = start_relay();
+    let mut bad = TcpStream::connect(addr).expect("connect");
+    bad.write_all(b"bad|x|NaN|").expect("write");
+    bad.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut rest = Vec::new();
+    let _ = bad.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "nothing is sent back, the connection is closed"
+    );
+    wait_line(&log, "the reason of the close", |line| {
+        (line.contains("name=bad") && line.contains("length is not a decimal number")).then_some(())
+    });
+    // SIGINT by the `kill` command, as a shell would send it.
+    let status = Command::new("kill")
+        .args(["-INT", &relay.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let (status, _, _) = relay.finish();
+    assert!(status.success(), "relay exit after SIGINT: {status:?}");
+}

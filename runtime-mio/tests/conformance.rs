@@ -27,6 +27,7 @@ impl Daemon {
             .args(["--idle-timeout", &s.idle_timeout.as_secs_f64().to_string()])
             .args(["--max-frame-len", &s.max_frame_len.to_string()])
             .args(["--max-queued-bytes", &s.max_queued_bytes.to_string()])
+            .args(["--max-connections", &s.max_connections.to_string()])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

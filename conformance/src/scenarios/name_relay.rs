@@ -24,6 +24,8 @@ pub struct Target {
     pub idle_timeout: Duration,
     /// Its frame length cap (NR-5).
     pub max_frame_len: usize,
+    /// Its connection limit (NR-13).
+    pub max_connections: usize,
 }
 
 /// The settings runners start a relay with.
@@ -37,6 +39,8 @@ pub struct Settings {
     pub max_frame_len: usize,
     /// NR-12.
     pub max_queued_bytes: usize,
+    /// NR-13.
+    pub max_connections: usize,
 }
 
 impl Target {
@@ -46,6 +50,7 @@ impl Target {
         idle_timeout: Duration::from_millis(1500),
         max_frame_len: 1 << 20,
         max_queued_bytes: 256 << 10,
+        max_connections: 64,
     };
 
     /// A target at `addr` running [`Target::TEST_SETTINGS`].
@@ -56,6 +61,7 @@ impl Target {
             registration_timeout: s.registration_timeout,
             idle_timeout: s.idle_timeout,
             max_frame_len: s.max_frame_len,
+            max_connections: s.max_connections,
         }
     }
 }
@@ -366,6 +372,37 @@ pub fn nr14_name_is_released_on_close(t: &Target) {
     assert_eq!(&body, b"mine");
 }
 
+/// NR-13: beyond the connection limit a new connection is closed at once; the
+/// others are unaffected, and a freed place can be taken again.
+pub fn nr13_connection_limit(t: &Target) {
+    let mut peers: Vec<Peer> = (0..t.max_connections)
+        .map(|i| Peer::registered(t, &format!("p{i}")))
+        .collect();
+    let mut extra = Peer::connect(t);
+    extra.expect_closed(PATIENCE);
+    peers[1].send("p0", b"still served");
+    assert_eq!(
+        peers[0].read_frame(),
+        ("p1".into(), b"still served".to_vec())
+    );
+    peers.pop().expect("a peer").close();
+    // The relay learns of the close asynchronously: retry until a place is free.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut p = Peer::register(t, "late");
+        p.send("late", b"in");
+        p.stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut head = [0u8; 9];
+        if p.stream.read_exact(&mut head).is_ok() {
+            assert_eq!(&head, b"late|2|in");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no place freed");
+    }
+}
+
 /// NR-15: a frame to oneself with a payload comes back.
 pub fn nr15_self_delivery(t: &Target) {
     let mut a = Peer::registered(t, "me");
@@ -419,6 +456,7 @@ macro_rules! name_relay_conformance {
             nr10_keepalive_keeps_the_connection,
             nr11_split_frames_are_reassembled,
             nr12_slow_receiver_stalls_sender_and_loses_nothing,
+            nr13_connection_limit,
             nr14_name_is_released_on_close,
             nr15_self_delivery,
             nr6_many_pairs_in_parallel_keep_order,

@@ -67,6 +67,11 @@ pub enum ClientEvent {
         /// The payload.
         data: Vec<u8>,
     },
+    /// A `Send` was not sent: its destination is not a valid name (NR-2).
+    SendRefused {
+        /// The destination asked for.
+        dest: Vec<u8>,
+    },
     /// The connection is gone.
     Closed {
         /// Why, in words.
@@ -97,10 +102,15 @@ pub struct Client {
 
 impl Client {
     /// A client that will register as `name` at the relay at `relay`.
-    pub fn new(name: &[u8], relay: SocketAddr, config: ClientConfig) -> Result<Self, ClientError> {
-        if name.is_empty() || name.len() > wire::MAX_NAME_LEN || name.contains(&wire::SEPARATOR) {
+    pub fn new(
+        name: &[u8],
+        relay: SocketAddr,
+        mut config: ClientConfig,
+    ) -> Result<Self, ClientError> {
+        if !wire::is_valid_name(name) {
             return Err(ClientError::InvalidName);
         }
+        config.keepalive_interval = config.keepalive_interval.min(super::server::MAX_TIMEOUT);
         let conn = ConnId(IdAllocator::default().next_raw());
         let mut actions = VecDeque::new();
         actions.push_back(Action::Connect { conn, addr: relay });
@@ -198,6 +208,10 @@ impl Machine for Client {
     fn handle_command(&mut self, command: ClientCommand, now: Instant) {
         match command {
             ClientCommand::Send { dest, data } => {
+                if !wire::is_valid_name(&dest) {
+                    self.events.push_back(ClientEvent::SendRefused { dest });
+                    return;
+                }
                 let mut frame =
                     Vec::with_capacity(wire::frame_header_len(&dest, data.len()) + data.len());
                 wire::encode_frame(&dest, &data, &mut frame);
@@ -358,6 +372,29 @@ mod tests {
         );
         assert_eq!(drain(&mut c), vec![Action::Close { conn }]);
         assert!(!c.is_open());
+    }
+
+    #[test]
+    fn nr2_invalid_destinations_are_refused_not_sent() {
+        let (mut c, now) = connected(b"a");
+        drain(&mut c);
+        c.poll_event();
+        for dest in [&b""[..], b"x|y"] {
+            c.handle_command(
+                ClientCommand::Send {
+                    dest: dest.to_vec(),
+                    data: b"d".to_vec(),
+                },
+                now,
+            );
+            assert!(drain(&mut c).is_empty());
+            assert_eq!(
+                c.poll_event(),
+                Some(ClientEvent::SendRefused {
+                    dest: dest.to_vec()
+                })
+            );
+        }
     }
 
     #[test]

@@ -215,24 +215,43 @@ fn frame_len_out(sender: &[u8], len: usize) -> usize {
     wire::frame_header_len(sender, len) + len
 }
 
-/// How many more bytes `conn`'s held input needs to hold a whole message (at least 1).
-fn missing(conn: &Conn, config: &Config) -> usize {
+/// How many more bytes a connection's held input needs to hold a whole message.
+enum Need {
+    /// The rest of a frame whose header is known: exactly this many.
+    Exactly(usize),
+    /// The header is not complete yet: at most this many finish (or reject) it.
+    AtMost(usize),
+}
+
+fn missing(conn: &Conn, config: &Config) -> Need {
     const LONGEST_HEADER: usize = wire::MAX_NAME_LEN + 1 + 21;
     if conn.name().is_none() {
-        return config.max_name_len + 1;
+        return Need::AtMost(config.max_name_len + 1);
     }
     match wire::parse_frame_header(
         &conn.pending_input,
         config.max_name_len,
         config.max_frame_len,
     ) {
-        Ok(Parsed::Done { value, consumed }) => (consumed + value.len)
-            .saturating_sub(conn.pending_input.len())
-            .max(1),
-        // Enough to finish (or to reject) any header.
-        _ => LONGEST_HEADER,
+        Ok(Parsed::Done { value, consumed }) => Need::Exactly(
+            (consumed + value.len)
+                .saturating_sub(conn.pending_input.len())
+                .max(1),
+        ),
+        _ => Need::AtMost(LONGEST_HEADER),
     }
 }
+
+/// Held-input buffers larger than this are freed once empty.
+const SMALL_BUFFER: usize = 64 << 10;
+
+/// The largest `max_frame_len` a server accepts (1 GiB): far above any sane frame,
+/// and far from overflowing the length arithmetic.
+pub const MAX_FRAME_LEN_LIMIT: usize = 1 << 30;
+
+/// The longest timeout a server accepts (a year): an `Instant` can always be
+/// moved that far, whatever a config file says.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The first instant *more than* `timeout` after `from`: the spec's timeouts are
 /// strict ("more than 30 s"), and a deadline fires at `<= now`.
@@ -247,8 +266,13 @@ fn lossy(name: &[u8]) -> String {
 impl Server {
     /// A server with no listener yet: send [`Command::Listen`], or feed `Accepted`
     /// inputs from a listener the runtime owns.
+    /// Values beyond the limits the spec states are clamped to them: names to
+    /// 1..=255 bytes, frames to [`MAX_FRAME_LEN_LIMIT`], timeouts to [`MAX_TIMEOUT`].
     pub fn new(mut config: Config) -> Self {
         config.max_name_len = config.max_name_len.clamp(1, wire::MAX_NAME_LEN);
+        config.max_frame_len = config.max_frame_len.min(MAX_FRAME_LEN_LIMIT);
+        config.registration_timeout = config.registration_timeout.min(MAX_TIMEOUT);
+        config.idle_timeout = config.idle_timeout.min(MAX_TIMEOUT);
         Self {
             config,
             ids: IdAllocator::default(),
@@ -277,25 +301,38 @@ impl Server {
         self.conns.len()
     }
 
+    /// Bytes allocated for input held across reads (partial frames, input held
+    /// while paused), over every connection: what NR-12 bounds.
+    pub fn held_input_bytes(&self) -> usize {
+        self.conns
+            .values()
+            .map(|c| c.pending_input.capacity())
+            .sum()
+    }
+
     /// The connection holding `name`, if any.
     pub fn holder_of(&self, name: &[u8]) -> Option<ConnId> {
         self.names.get(name).copied()
     }
 
-    /// Queue bytes for `conn`. `room` is how many bytes the caller may still
-    /// append to the same `Send` (e.g. the rest of the read being parsed): it is
-    /// reserved at once, so a run of frames grows the buffer once, not per frame.
-    fn send(&mut self, conn: ConnId, room: usize, bytes: impl FnOnce(&mut Vec<u8>)) {
-        // Coalesce with a Send to the same connection queued just before: many
-        // small frames from one read become one write.
+    /// Queue `len` bytes for `conn`, written by `bytes`.
+    ///
+    /// A Send to the same connection queued just before is extended instead (many
+    /// small frames from one read become one write). `room` (at least `len`) is
+    /// what the caller may still append to it, e.g. the rest of the read being
+    /// parsed: it is reserved when the buffer must grow, so a run of frames grows
+    /// it once, and never by more than one read.
+    fn send(&mut self, conn: ConnId, len: usize, room: usize, bytes: impl FnOnce(&mut Vec<u8>)) {
         if let Some(Action::Send { conn: last, data }) = self.actions.back_mut()
             && *last == conn
         {
-            data.reserve(room);
+            if data.capacity() - data.len() < len {
+                data.reserve(room.max(len));
+            }
             bytes(data);
             return;
         }
-        let mut data = Vec::with_capacity(room);
+        let mut data = Vec::with_capacity(len);
         bytes(&mut data);
         self.actions.push_back(Action::Send { conn, data });
     }
@@ -341,7 +378,15 @@ impl Server {
             if conn.pending_input.is_empty() || data.is_empty() {
                 break;
             }
-            let take = missing(conn, &self.config).min(data.len());
+            let take = match missing(conn, &self.config) {
+                Need::Exactly(n) => {
+                    // Grow once to the whole frame, not by doubling (NR-12 memory bound).
+                    conn.pending_input.reserve_exact(n);
+                    n
+                }
+                Need::AtMost(n) => n,
+            };
+            let take = take.min(data.len());
             conn.pending_input.extend_from_slice(&data[..take]);
             data = &data[take..];
             self.consume_pending(id, now);
@@ -370,6 +415,9 @@ impl Server {
                 if let Some(conn) = self.conns.get_mut(&id) {
                     let mut input = input;
                     input.drain(..n);
+                    if input.is_empty() && input.capacity() > SMALL_BUFFER {
+                        input = Vec::new(); // an idle connection keeps no big frame buffer
+                    }
                     conn.pending_input = input;
                 }
             }
@@ -464,7 +512,9 @@ impl Server {
 
     fn deliver(&mut self, sender: &[u8], dest: ConnId, payload: &[u8], room: usize) {
         let frame_len = frame_len_out(sender, payload.len());
-        self.send(dest, room, |out| wire::encode_frame(sender, payload, out));
+        self.send(dest, frame_len, room, |out| {
+            wire::encode_frame(sender, payload, out);
+        });
         self.stats.frames_delivered += 1;
         self.stats.bytes_delivered += payload.len() as u64;
         if let Some(receiver) = self.conns.get_mut(&dest) {
@@ -855,6 +905,73 @@ mod tests {
             vec![Action::ResumeRead { conn: b }]
         );
         assert_eq!(h.server.stats().frames_dropped, 1);
+    }
+
+    #[test]
+    fn nr12_alternating_destinations_allocate_what_they_send() {
+        let mut h = Harness::new(Config::default());
+        let _a = h.named(1, "a");
+        let _b = h.named(2, "b");
+        let s = h.named(3, "s");
+        let read: Vec<u8> = b"a|1|xb|1|y".repeat(20_000);
+        let sent: usize = h
+            .recv(s, &read)
+            .iter()
+            .map(|a| match a {
+                Action::Send { data, .. } => data.capacity(),
+                _ => 0,
+            })
+            .sum();
+        assert!(
+            sent <= 2 * read.len(),
+            "{sent} bytes allocated for {} read",
+            read.len()
+        );
+    }
+
+    #[test]
+    fn nr12_a_split_frame_is_held_in_one_exact_buffer() {
+        let mut h = Harness::new(Config::default());
+        let _a = h.named(1, "a");
+        let b = h.named(2, "b");
+        let frame = [b"a|100000|".as_slice(), &[1u8; 100_000]].concat();
+        let (last, rest) = frame.split_last().unwrap();
+        for chunk in rest.chunks(997) {
+            assert!(h.recv(b, chunk).is_empty());
+            assert!(
+                h.server.held_input_bytes() <= 100_000 + 300,
+                "{}",
+                h.server.held_input_bytes()
+            );
+        }
+        assert_eq!(h.recv(b, &[*last]).len(), 1);
+        assert_eq!(
+            h.server.held_input_bytes(),
+            0,
+            "the big buffer is freed once empty"
+        );
+    }
+
+    #[test]
+    fn absurd_config_values_are_clamped_not_a_panic() {
+        let mut h = Harness::new(Config {
+            registration_timeout: Duration::MAX,
+            idle_timeout: Duration::MAX,
+            max_frame_len: usize::MAX,
+            ..Config::default()
+        });
+        let a = h.named(1, "a");
+        assert!(h.advance(Duration::from_secs(3600)).is_empty());
+        assert_eq!(
+            h.recv(a, b"a|18446744073709551615|"),
+            vec![Action::Close { conn: a }]
+        );
+        let c = h.accept(2);
+        assert!(h.advance(MAX_TIMEOUT).is_empty());
+        assert_eq!(
+            h.advance(Duration::from_secs(1)),
+            vec![Action::Close { conn: c }]
+        );
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub const MAX_NAME_LEN: usize = 255;
 /// More decimal digits than any `usize` length needs; a longer length field is malformed.
 const MAX_LENGTH_DIGITS: usize = 20;
 
+/// True if `name` can be registered or addressed: 1 to 255 bytes, no `|` (NR-2).
+pub fn is_valid_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_LEN && !name.contains(&SEPARATOR)
+}
+
 /// Why bytes are not a valid name relay message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]

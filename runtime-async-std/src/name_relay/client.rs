@@ -72,7 +72,7 @@ impl NameClient {
     /// 1 MiB is queued. A destination nobody holds loses the frame silently (NR-8).
     pub async fn send(&self, dest: &str, data: &[u8]) -> io::Result<()> {
         let dest = dest.as_bytes();
-        if dest.is_empty() || dest.len() > wire::MAX_NAME_LEN || dest.contains(&wire::SEPARATOR) {
+        if !wire::is_valid_name(dest) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "destination must be 1 to 255 bytes without '|'",

@@ -170,6 +170,12 @@ impl Session {
             Ui::Notice(Notice::Client(ClientEvent::Closed { reason })) => {
                 bail!("connection closed: {reason}")
             }
+            Ui::Notice(Notice::Client(ClientEvent::SendRefused { dest })) => {
+                eprintln!(
+                    "not sent: {:?} is not a name (1 to 255 bytes without '|')",
+                    String::from_utf8_lossy(&dest)
+                );
+            }
             Ui::Notice(Notice::Client(_)) => {}
         }
         Ok(())
