@@ -103,6 +103,31 @@ impl Peer {
         peer
     }
 
+    /// Register `name` as soon as the relay lets it: after a close, the relay
+    /// frees a name or a place only when it sees the close, asynchronously.
+    /// Retries (each try a new connection) until a frame to oneself comes back.
+    pub fn registered_eventually(target: &Target, name: &str) -> Peer {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut p = Peer::register(target, name);
+            p.send(name, b"in");
+            p.stream
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            let want = format!("{name}|2|in");
+            let mut got = vec![0u8; want.len()];
+            if p.stream.read_exact(&mut got).is_ok() {
+                assert_eq!(got, want.as_bytes());
+                p.stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} could not register within {PATIENCE:?}"
+            );
+        }
+    }
+
     /// Write raw bytes.
     pub fn write(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write to relay");
@@ -352,24 +377,9 @@ pub fn nr12_slow_receiver_stalls_sender_and_loses_nothing(t: &Target) {
 pub fn nr14_name_is_released_on_close(t: &Target) {
     let first = Peer::registered(t, "reused");
     first.close();
-    let deadline = Instant::now() + PATIENCE;
-    // The relay learns of the close asynchronously: retry the registration until it is accepted.
-    let mut again = loop {
-        let mut p = Peer::register(t, "reused");
-        p.send("reused", b"mine");
-        p.stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        let mut head = [0u8; 9];
-        if p.stream.read_exact(&mut head).is_ok() {
-            assert_eq!(&head, b"reused|4|");
-            break p;
-        }
-        assert!(Instant::now() < deadline, "name never released");
-    };
-    let mut body = [0u8; 4];
-    again.stream.read_exact(&mut body).expect("body");
-    assert_eq!(&body, b"mine");
+    let mut again = Peer::registered_eventually(t, "reused");
+    again.send("reused", b"mine");
+    assert_eq!(again.read_frame(), ("reused".into(), b"mine".to_vec()));
 }
 
 /// NR-13: beyond the connection limit a new connection is closed at once; the
@@ -386,21 +396,7 @@ pub fn nr13_connection_limit(t: &Target) {
         ("p1".into(), b"still served".to_vec())
     );
     peers.pop().expect("a peer").close();
-    // The relay learns of the close asynchronously: retry until a place is free.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let mut p = Peer::register(t, "late");
-        p.send("late", b"in");
-        p.stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        let mut head = [0u8; 9];
-        if p.stream.read_exact(&mut head).is_ok() {
-            assert_eq!(&head, b"late|2|in");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no place freed");
-    }
+    Peer::registered_eventually(t, "late");
 }
 
 /// NR-15: a frame to oneself with a payload comes back.
