@@ -380,8 +380,13 @@ impl Server {
             }
             let take = match missing(conn, &self.config) {
                 Need::Exactly(n) => {
-                    // Grow once to the whole frame, not by doubling (NR-12 memory bound).
-                    conn.pending_input.reserve_exact(n);
+                    // Grow with the bytes that actually arrive, doubling, but never past
+                    // the end of the frame: an announced length reserves nothing (NR-12).
+                    let held = &mut conn.pending_input;
+                    let at_hand = n.min(data.len());
+                    if held.capacity() - held.len() < at_hand {
+                        held.reserve_exact(at_hand.max(held.len()).min(n));
+                    }
                     n
                 }
                 Need::AtMost(n) => n,
@@ -949,6 +954,20 @@ mod tests {
             h.server.held_input_bytes(),
             0,
             "the big buffer is freed once empty"
+        );
+    }
+
+    #[test]
+    fn nr12_an_announced_length_reserves_nothing_up_front() {
+        let mut h = Harness::new(Config::default());
+        let _a = h.named(1, "a");
+        let b = h.named(2, "b");
+        assert!(h.recv(b, b"a|16000000|x").is_empty());
+        assert!(h.recv(b, b"yz").is_empty());
+        assert!(
+            h.server.held_input_bytes() < 4096,
+            "{}",
+            h.server.held_input_bytes()
         );
     }
 
