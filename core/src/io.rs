@@ -143,6 +143,154 @@ pub enum Input<'a> {
     TunPacket(&'a [u8]),
 }
 
+/// An [`Input`] that owns its data, for a runtime that reports an input later
+/// than it learns of it (queued, or sent over a channel).
+#[allow(missing_docs)] // as for `Input`: each variant is the `Input` of that name
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedInput {
+    Listening {
+        listener: ListenerId,
+        local: SocketAddr,
+    },
+    ListenFailed {
+        listener: ListenerId,
+        error: String,
+    },
+    Accepted {
+        listener: ListenerId,
+        conn: ConnId,
+        peer: SocketAddr,
+    },
+    Connected {
+        conn: ConnId,
+        local: SocketAddr,
+    },
+    ConnectFailed {
+        conn: ConnId,
+        error: String,
+    },
+    Received {
+        conn: ConnId,
+        data: Vec<u8>,
+    },
+    Closed {
+        conn: ConnId,
+    },
+    Flushed {
+        conn: ConnId,
+        bytes: usize,
+    },
+    UdpBound {
+        socket: SocketId,
+        local: SocketAddr,
+    },
+    UdpBindFailed {
+        socket: SocketId,
+        error: String,
+    },
+    Datagram {
+        socket: SocketId,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+    TunPacket(Vec<u8>),
+}
+
+impl OwnedInput {
+    /// The input borrowing this one's data, to hand to [`Machine::handle_input`].
+    pub fn as_input(&self) -> Input<'_> {
+        match self {
+            OwnedInput::Listening { listener, local } => Input::Listening {
+                listener: *listener,
+                local: *local,
+            },
+            OwnedInput::ListenFailed { listener, error } => Input::ListenFailed {
+                listener: *listener,
+                error,
+            },
+            OwnedInput::Accepted {
+                listener,
+                conn,
+                peer,
+            } => Input::Accepted {
+                listener: *listener,
+                conn: *conn,
+                peer: *peer,
+            },
+            OwnedInput::Connected { conn, local } => Input::Connected {
+                conn: *conn,
+                local: *local,
+            },
+            OwnedInput::ConnectFailed { conn, error } => {
+                Input::ConnectFailed { conn: *conn, error }
+            }
+            OwnedInput::Received { conn, data } => Input::Received { conn: *conn, data },
+            OwnedInput::Closed { conn } => Input::Closed { conn: *conn },
+            OwnedInput::Flushed { conn, bytes } => Input::Flushed {
+                conn: *conn,
+                bytes: *bytes,
+            },
+            OwnedInput::UdpBound { socket, local } => Input::UdpBound {
+                socket: *socket,
+                local: *local,
+            },
+            OwnedInput::UdpBindFailed { socket, error } => Input::UdpBindFailed {
+                socket: *socket,
+                error,
+            },
+            OwnedInput::Datagram { socket, from, data } => Input::Datagram {
+                socket: *socket,
+                from: *from,
+                data,
+            },
+            OwnedInput::TunPacket(packet) => Input::TunPacket(packet),
+        }
+    }
+}
+
+impl From<Input<'_>> for OwnedInput {
+    fn from(input: Input<'_>) -> Self {
+        match input {
+            Input::Listening { listener, local } => OwnedInput::Listening { listener, local },
+            Input::ListenFailed { listener, error } => OwnedInput::ListenFailed {
+                listener,
+                error: error.to_owned(),
+            },
+            Input::Accepted {
+                listener,
+                conn,
+                peer,
+            } => OwnedInput::Accepted {
+                listener,
+                conn,
+                peer,
+            },
+            Input::Connected { conn, local } => OwnedInput::Connected { conn, local },
+            Input::ConnectFailed { conn, error } => OwnedInput::ConnectFailed {
+                conn,
+                error: error.to_owned(),
+            },
+            Input::Received { conn, data } => OwnedInput::Received {
+                conn,
+                data: data.to_vec(),
+            },
+            Input::Closed { conn } => OwnedInput::Closed { conn },
+            Input::Flushed { conn, bytes } => OwnedInput::Flushed { conn, bytes },
+            Input::UdpBound { socket, local } => OwnedInput::UdpBound { socket, local },
+            Input::UdpBindFailed { socket, error } => OwnedInput::UdpBindFailed {
+                socket,
+                error: error.to_owned(),
+            },
+            Input::Datagram { socket, from, data } => OwnedInput::Datagram {
+                socket,
+                from,
+                data: data.to_vec(),
+            },
+            Input::TunPacket(packet) => OwnedInput::TunPacket(packet.to_vec()),
+        }
+    }
+}
+
 /// What a machine asks the runtime to do. Plain data; the runtime obeys and reports.
 #[allow(missing_docs)] // as for `Input`
 #[derive(Clone, PartialEq, Eq)]
@@ -177,6 +325,8 @@ pub enum Action {
     /// before the `Pipe` are written first. The runtime bounds what it holds per
     /// direction by pausing the faster side. When either side ends, the runtime
     /// closes both and reports `Closed` for each one the machine did not close itself.
+    /// Bytes still queued for a side when the pipe ends are written within a bounded
+    /// linger (its length is up to the runtime) before that side closes.
     Pipe { a: ConnId, b: ConnId },
     /// Bind a UDP socket; answer with `UdpBound` or `UdpBindFailed`.
     BindUdp { socket: SocketId, addr: SocketAddr },

@@ -1,7 +1,7 @@
 //! # ferry-core: every ferry protocol as a pure, deterministic machine
 //!
 //! This crate has no sockets, no clock, no threads and no OS randomness
-//! (`core/clippy.toml` forbids them). Each protocol is a [`Machine`](io::Machine):
+//! (`core/clippy.toml` forbids them). Each protocol is a [`Machine`]:
 //!
 //! ```text
 //!            handle_input(Input, now) ┐            ┌ poll_action()  -> Action   (runtime executes)

@@ -1,7 +1,6 @@
 //! The generic driver executing the IO vocabulary, scripted through a puppet
 //! machine: every command is an action to execute, every input becomes an event.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -11,85 +10,11 @@ use async_std::net::{TcpListener, TcpStream, UdpSocket};
 use async_std::task;
 use ferry_async_std::driver::READ_BUFFER;
 use ferry_async_std::{Driver, DriverConfig};
+use ferry_conformance::puppet::{self, Do, Seen};
 use ferry_core::io::CORE_ID_BIT;
-use ferry_core::{Action, ConnId, Input, ListenerId, Machine, SocketId};
+use ferry_core::{Action, ConnId, ListenerId, Machine, SocketId};
 
-/// What the puppet was told.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Seen {
-    Listening(ListenerId, SocketAddr),
-    ListenFailed(ListenerId),
-    Accepted(ListenerId, ConnId),
-    Connected(ConnId),
-    ConnectFailed(ConnId),
-    Received(ConnId, Vec<u8>),
-    Closed(ConnId),
-    Flushed(ConnId, usize),
-    UdpBound(SocketId, SocketAddr),
-    Datagram(SocketId, SocketAddr, Vec<u8>),
-    Timeout,
-    Other,
-}
-
-enum Cmd {
-    Do(Action),
-    WakeAt(Instant),
-}
-
-#[derive(Default)]
-struct Puppet {
-    actions: VecDeque<Action>,
-    events: VecDeque<Seen>,
-    wake_at: Option<Instant>,
-}
-
-impl Machine for Puppet {
-    type Command = Cmd;
-    type Event = Seen;
-
-    fn handle_input(&mut self, input: Input<'_>, _now: Instant) {
-        let seen = match input {
-            Input::Listening { listener, local } => Seen::Listening(listener, local),
-            Input::ListenFailed { listener, .. } => Seen::ListenFailed(listener),
-            Input::Accepted { listener, conn, .. } => Seen::Accepted(listener, conn),
-            Input::Connected { conn, .. } => Seen::Connected(conn),
-            Input::ConnectFailed { conn, .. } => Seen::ConnectFailed(conn),
-            Input::Received { conn, data } => Seen::Received(conn, data.to_vec()),
-            Input::Closed { conn } => Seen::Closed(conn),
-            Input::Flushed { conn, bytes } => Seen::Flushed(conn, bytes),
-            Input::UdpBound { socket, local } => Seen::UdpBound(socket, local),
-            Input::Datagram { socket, from, data } => Seen::Datagram(socket, from, data.to_vec()),
-            _ => Seen::Other,
-        };
-        self.events.push_back(seen);
-    }
-
-    fn handle_command(&mut self, cmd: Cmd, _now: Instant) {
-        match cmd {
-            Cmd::Do(action) => self.actions.push_back(action),
-            Cmd::WakeAt(at) => self.wake_at = Some(at),
-        }
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        if self.wake_at.is_some_and(|at| at <= now) {
-            self.wake_at = None;
-            self.events.push_back(Seen::Timeout);
-        }
-    }
-
-    fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
-    }
-
-    fn poll_event(&mut self) -> Option<Seen> {
-        self.events.pop_front()
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.wake_at
-    }
-}
+type Puppet = puppet::Puppet<Seen>;
 
 async fn within<T>(what: &str, secs: u64, future: impl Future<Output = T>) -> T {
     match async_std::future::timeout(Duration::from_secs(secs), future).await {
@@ -103,9 +28,20 @@ fn puppet() -> Driver<Puppet> {
 }
 
 async fn act(driver: &Driver<Puppet>, action: Action) {
-    within("command", 5, driver.command(Cmd::Do(action)))
+    within("command", 5, driver.command(Do::Act(action)))
         .await
         .expect("driver running");
+}
+
+async fn send(driver: &Driver<Puppet>, conn: ConnId, data: &[u8]) {
+    act(
+        driver,
+        Action::Send {
+            conn,
+            data: data.to_vec(),
+        },
+    )
+    .await;
 }
 
 async fn next(driver: &Driver<Puppet>) -> Seen {
@@ -140,28 +76,54 @@ fn core_conn(n: u64) -> ConnId {
     ConnId(CORE_ID_BIT | n)
 }
 
+/// Have the puppet listen on a loopback port: what `Listening` said.
+async fn listen(driver: &Driver<Puppet>, listener: ListenerId) -> (ListenerId, SocketAddr) {
+    act(
+        driver,
+        Action::Listen {
+            listener,
+            addr: "127.0.0.1:0".parse().expect("addr"),
+        },
+    )
+    .await;
+    let Seen::Listening(l, addr) = next(driver).await else {
+        panic!("expected Listening");
+    };
+    (l, addr)
+}
+
+/// Connect to the puppet's listener at `addr`: our side, and what `Accepted` said.
+async fn accept(driver: &Driver<Puppet>, addr: SocketAddr) -> (TcpStream, ListenerId, ConnId) {
+    let stream = within("connect", 5, TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let Seen::Accepted(l, conn) = next(driver).await else {
+        panic!("expected Accepted");
+    };
+    (stream, l, conn)
+}
+
+/// Have the puppet connect `conn` to a loopback listener: the peer's side.
+async fn connected(driver: &Driver<Puppet>, conn: ConnId) -> TcpStream {
+    let peer_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = peer_listener.local_addr().expect("addr");
+    act(driver, Action::Connect { conn, addr }).await;
+    let (peer, _) = within("accept", 5, peer_listener.accept())
+        .await
+        .expect("accept");
+    assert_eq!(next(driver).await, Seen::Connected(conn));
+    peer
+}
+
 #[test]
 fn connect_send_receive_flushed_and_closed() {
     task::block_on(async {
-        let peer_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = peer_listener.local_addr().expect("addr");
         let driver = puppet();
         let conn = core_conn(0);
-        act(&driver, Action::Connect { conn, addr }).await;
-        let (mut peer, _) = within("accept", 5, peer_listener.accept())
-            .await
-            .expect("accept");
-        assert_eq!(next(&driver).await, Seen::Connected(conn));
+        let mut peer = connected(&driver, conn).await;
 
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
-        act(
-            &driver,
-            Action::Send {
-                conn,
-                data: data.clone(),
-            },
-        )
-        .await;
+        send(&driver, conn, &data).await;
         let mut got = vec![0u8; data.len()];
         within("peer reads", 5, peer.read_exact(&mut got))
             .await
@@ -210,48 +172,21 @@ fn listen_accepts_with_runtime_ids_and_close_flushes_then_stops_inputs() {
     task::block_on(async {
         let driver = puppet();
         let listener = ListenerId(CORE_ID_BIT | 1);
-        act(
-            &driver,
-            Action::Listen {
-                listener,
-                addr: "127.0.0.1:0".parse().expect("addr"),
-            },
-        )
-        .await;
-        let Seen::Listening(l, addr) = next(&driver).await else {
-            panic!("expected Listening");
-        };
+        let (l, addr) = listen(&driver, listener).await;
         assert_eq!(l, listener);
 
-        let mut a = within("connect", 5, TcpStream::connect(addr))
-            .await
-            .expect("a");
-        let Seen::Accepted(l, conn) = next(&driver).await else {
-            panic!("expected Accepted");
-        };
+        let (mut a, l, conn) = accept(&driver, addr).await;
         assert_eq!(l, listener);
         assert!(
             !conn.is_core_allocated() && conn.0 >= 1,
             "runtime ids have the top bit clear"
         );
-        let mut b = within("connect", 5, TcpStream::connect(addr))
-            .await
-            .expect("b");
-        let Seen::Accepted(_, conn_b) = next(&driver).await else {
-            panic!("expected Accepted");
-        };
+        let (mut b, _, conn_b) = accept(&driver, addr).await;
         assert_ne!(conn, conn_b);
 
         // Send then Close at once: the queued bytes go out, then the close.
         let data = vec![0x5a; 3 << 20];
-        act(
-            &driver,
-            Action::Send {
-                conn,
-                data: data.clone(),
-            },
-        )
-        .await;
+        send(&driver, conn, &data).await;
         act(&driver, Action::Close { conn }).await;
         let mut got = Vec::new();
         within("read to the close", 10, a.read_to_end(&mut got))
@@ -264,14 +199,7 @@ fn listen_accepts_with_runtime_ids_and_close_flushes_then_stops_inputs() {
         assert_eq!(received(&driver, conn_b, 1).await, b"b");
 
         act(&driver, Action::CloseListener { listener }).await;
-        act(
-            &driver,
-            Action::Send {
-                conn: conn_b,
-                data: b"x".to_vec(),
-            },
-        )
-        .await;
+        send(&driver, conn_b, b"x").await;
         let mut one = [0u8; 1];
         within("read", 5, b.read_exact(&mut one))
             .await
@@ -294,26 +222,13 @@ fn listen_accepts_with_runtime_ids_and_close_flushes_then_stops_inputs() {
 #[test]
 fn pause_read_holds_bytes_until_resume() {
     task::block_on(async {
-        let peer_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = peer_listener.local_addr().expect("addr");
         let driver = puppet();
         let conn = core_conn(1);
-        act(&driver, Action::Connect { conn, addr }).await;
-        let (mut peer, _) = within("accept", 5, peer_listener.accept())
-            .await
-            .expect("accept");
-        assert_eq!(next(&driver).await, Seen::Connected(conn));
+        let mut peer = connected(&driver, conn).await;
 
         act(&driver, Action::PauseRead { conn }).await;
         // A round trip through the actor makes sure the pause was executed.
-        act(
-            &driver,
-            Action::Send {
-                conn,
-                data: b"p".to_vec(),
-            },
-        )
-        .await;
+        send(&driver, conn, b"p").await;
         let mut one = [0u8; 1];
         within("read", 5, peer.read_exact(&mut one))
             .await
@@ -339,39 +254,12 @@ fn pipe_splices_two_connections_both_ways() {
     task::block_on(async {
         let driver = puppet();
         let listener = ListenerId(CORE_ID_BIT | 1);
-        act(
-            &driver,
-            Action::Listen {
-                listener,
-                addr: "127.0.0.1:0".parse().expect("addr"),
-            },
-        )
-        .await;
-        let Seen::Listening(_, addr) = next(&driver).await else {
-            panic!("expected Listening");
-        };
-        let mut a = within("connect", 5, TcpStream::connect(addr))
-            .await
-            .expect("a");
-        let Seen::Accepted(_, conn_a) = next(&driver).await else {
-            panic!("expected Accepted");
-        };
-        let mut b = within("connect", 5, TcpStream::connect(addr))
-            .await
-            .expect("b");
-        let Seen::Accepted(_, conn_b) = next(&driver).await else {
-            panic!("expected Accepted");
-        };
+        let (_, addr) = listen(&driver, listener).await;
+        let (mut a, _, conn_a) = accept(&driver, addr).await;
+        let (mut b, _, conn_b) = accept(&driver, addr).await;
 
         // What the machine queued before the pipe comes first.
-        act(
-            &driver,
-            Action::Send {
-                conn: conn_b,
-                data: b"hello b|".to_vec(),
-            },
-        )
-        .await;
+        send(&driver, conn_b, b"hello b|").await;
         act(
             &driver,
             Action::Pipe {
@@ -478,7 +366,7 @@ fn timeout_fires_at_the_deadline() {
         within(
             "command",
             5,
-            driver.command(Cmd::WakeAt(start + Duration::from_millis(80))),
+            driver.command(Do::WakeAt(start + Duration::from_millis(80))),
         )
         .await
         .expect("running");
@@ -490,24 +378,11 @@ fn timeout_fires_at_the_deadline() {
 #[test]
 fn stop_returns_the_machine_and_closes_connections() {
     task::block_on(async {
-        let peer_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = peer_listener.local_addr().expect("addr");
         let driver = puppet();
-        act(
-            &driver,
-            Action::Connect {
-                conn: core_conn(2),
-                addr,
-            },
-        )
-        .await;
-        let (mut peer, _) = within("accept", 5, peer_listener.accept())
-            .await
-            .expect("accept");
-        assert_eq!(next(&driver).await, Seen::Connected(core_conn(2)));
+        let mut peer = connected(&driver, core_conn(2)).await;
         driver.stop().await;
         let machine = within("join", 5, driver.join()).await;
-        assert!(machine.wake_at.is_none());
+        assert!(machine.poll_timeout().is_none());
         let mut rest = Vec::new();
         within("peer sees the close", 5, peer.read_to_end(&mut rest))
             .await
@@ -523,29 +398,9 @@ fn pipe_back_pressure_bounds_what_the_runtime_holds() {
         let pipe_buffer = config.pipe_buffer;
         let driver = Driver::spawn(Puppet::default(), config);
         let listener = ListenerId(CORE_ID_BIT | 1);
-        act(
-            &driver,
-            Action::Listen {
-                listener,
-                addr: "127.0.0.1:0".parse().expect("addr"),
-            },
-        )
-        .await;
-        let Seen::Listening(_, addr) = next(&driver).await else {
-            panic!("expected Listening");
-        };
-        let a = within("connect", 5, TcpStream::connect(addr))
-            .await
-            .expect("a");
-        let Seen::Accepted(_, conn_a) = next(&driver).await else {
-            panic!("expected Accepted");
-        };
-        let mut b = within("connect", 5, TcpStream::connect(addr))
-            .await
-            .expect("b");
-        let Seen::Accepted(_, conn_b) = next(&driver).await else {
-            panic!("expected Accepted");
-        };
+        let (_, addr) = listen(&driver, listener).await;
+        let (a, _, conn_a) = accept(&driver, addr).await;
+        let (mut b, _, conn_b) = accept(&driver, addr).await;
         act(
             &driver,
             Action::Pipe {

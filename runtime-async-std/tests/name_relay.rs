@@ -55,6 +55,18 @@ async fn sync(from: &NameClient, to: &NameClient) {
     panic!("{} never heard from {}", to.name(), from.name());
 }
 
+/// "alice" and "bob" connected to the relay at `addr`, alice known to have reached bob.
+async fn alice_and_bob(addr: SocketAddr) -> (NameClient, NameClient) {
+    let alice = within("connect", 5, NameClient::connect(addr, "alice"))
+        .await
+        .expect("alice");
+    let bob = within("connect", 5, NameClient::connect(addr, "bob"))
+        .await
+        .expect("bob");
+    within("sync", 10, sync(&alice, &bob)).await;
+    (alice, bob)
+}
+
 /// The next message that is not a leftover sync message.
 async fn recv_data(client: &NameClient) -> (String, Vec<u8>) {
     loop {
@@ -69,13 +81,7 @@ async fn recv_data(client: &NameClient) -> (String, Vec<u8>) {
 fn two_clients_exchange_messages_both_ways() {
     task::block_on(async {
         let (addr, _stop, _relay) = start_relay(Config::default()).await;
-        let alice = within("connect", 5, NameClient::connect(addr, "alice"))
-            .await
-            .expect("alice");
-        let bob = within("connect", 5, NameClient::connect(addr, "bob"))
-            .await
-            .expect("bob");
-        within("sync", 10, sync(&alice, &bob)).await;
+        let (alice, bob) = alice_and_bob(addr).await;
         within("sync", 10, sync(&bob, &alice)).await;
 
         for i in 0..20u32 {
@@ -114,13 +120,7 @@ fn two_clients_exchange_messages_both_ways() {
 fn malformed_header_closes_only_that_connection() {
     task::block_on(async {
         let (addr, _stop, _relay) = start_relay(Config::default()).await;
-        let alice = within("connect", 5, NameClient::connect(addr, "alice"))
-            .await
-            .expect("alice");
-        let bob = within("connect", 5, NameClient::connect(addr, "bob"))
-            .await
-            .expect("bob");
-        within("sync", 10, sync(&alice, &bob)).await;
+        let (alice, bob) = alice_and_bob(addr).await;
 
         let mut raw = within("connect raw", 5, TcpStream::connect(addr))
             .await
@@ -162,13 +162,7 @@ fn malformed_header_closes_only_that_connection() {
 fn duplicate_name_is_closed_and_the_holder_keeps_it() {
     task::block_on(async {
         let (addr, _stop, _relay) = start_relay(Config::default()).await;
-        let alice = within("connect", 5, NameClient::connect(addr, "alice"))
-            .await
-            .expect("alice");
-        let bob = within("connect", 5, NameClient::connect(addr, "bob"))
-            .await
-            .expect("bob");
-        within("sync", 10, sync(&alice, &bob)).await;
+        let (alice, bob) = alice_and_bob(addr).await;
 
         let impostor = within("connect", 5, NameClient::connect(addr, "alice"))
             .await
@@ -191,13 +185,7 @@ fn duplicate_name_is_closed_and_the_holder_keeps_it() {
 fn stopping_the_relay_closes_its_clients() {
     task::block_on(async {
         let (addr, stop, relay) = start_relay(Config::default()).await;
-        let alice = within("connect", 5, NameClient::connect(addr, "alice"))
-            .await
-            .expect("alice");
-        let bob = within("connect", 5, NameClient::connect(addr, "bob"))
-            .await
-            .expect("bob");
-        within("sync", 10, sync(&alice, &bob)).await;
+        let (alice, bob) = alice_and_bob(addr).await;
         drop(stop);
         within("serve_until returns", 5, relay)
             .await
@@ -377,15 +365,8 @@ fn client_that_stops_receiving_stalls_its_sender_without_loss() {
     const MESSAGES: usize = 2048; // 32 MiB
     task::block_on(async {
         let (addr, _stop, _relay) = start_relay(Config::default()).await;
-        let alice = Arc::new(
-            within("connect", 5, NameClient::connect(addr, "alice"))
-                .await
-                .expect("alice"),
-        );
-        let bob = within("connect", 5, NameClient::connect(addr, "bob"))
-            .await
-            .expect("bob");
-        within("sync", 10, sync(&alice, &bob)).await;
+        let (alice, bob) = alice_and_bob(addr).await;
+        let alice = Arc::new(alice);
 
         let sent = Arc::new(AtomicUsize::new(0));
         let (progress, sender) = (sent.clone(), alice.clone());

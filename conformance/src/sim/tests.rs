@@ -1,23 +1,14 @@
 //! The simulator's own tests, with a probe machine that does what it is told
 //! and reports every input it gets.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ferry_core::io::{Action, ConnId, IdAllocator, Input, ListenerId, Machine, SocketId};
+use ferry_core::io::{Action, ConnId, Input, ListenerId, SocketId};
+
+use crate::puppet::{Do, Puppet, Record};
 
 use super::{Chunking, Sim, SimConfig, UdpLink};
-
-/// What the probe is asked to do.
-enum Do {
-    /// Emit this action.
-    Act(Action),
-    /// Send every byte received back on the same connection / to the sender.
-    Echo(bool),
-    /// Be woken after this long.
-    WakeIn(Duration),
-}
 
 /// What the probe saw, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,91 +27,30 @@ enum Seen {
     Other,
 }
 
-#[derive(Default)]
-struct Probe {
-    ids: IdAllocator,
-    echo: bool,
-    wake: Option<Instant>,
-    actions: VecDeque<Action>,
-    events: VecDeque<Seen>,
-}
-
-impl Probe {
-    fn next_id(&mut self) -> u64 {
-        self.ids.next_raw()
-    }
-}
-
-impl Machine for Probe {
-    type Command = Do;
-    type Event = Seen;
-
-    fn handle_input(&mut self, input: Input<'_>, _now: Instant) {
-        let seen = match input {
+impl Record for Seen {
+    fn input(input: Input<'_>) -> Option<Self> {
+        Some(match input {
             Input::Listening { local, .. } => Seen::Listening(local),
             Input::Accepted { conn, .. } => Seen::Accepted(conn),
             Input::Connected { conn, .. } => Seen::Connected(conn),
             Input::ConnectFailed { conn, .. } => Seen::ConnectFailed(conn),
-            Input::Received { conn, data } => {
-                if self.echo {
-                    self.actions.push_back(Action::Send {
-                        conn,
-                        data: data.to_vec(),
-                    });
-                }
-                Seen::Received(conn, data.to_vec())
-            }
+            Input::Received { conn, data } => Seen::Received(conn, data.to_vec()),
             Input::Flushed { conn, bytes } => Seen::Flushed(conn, bytes),
             Input::Closed { conn } => Seen::Closed(conn),
             Input::UdpBound { socket, local } => Seen::UdpBound(socket, local),
-            Input::Datagram { socket, from, data } => {
-                if self.echo {
-                    self.actions.push_back(Action::SendTo {
-                        socket,
-                        to: from,
-                        data: data.to_vec(),
-                    });
-                }
-                Seen::Datagram(from, data.to_vec())
-            }
-            Input::TunPacket(p) => {
-                if self.echo {
-                    self.actions.push_back(Action::WriteTun(p.to_vec()));
-                }
-                Seen::Tun(p.to_vec())
-            }
+            Input::Datagram { from, data, .. } => Seen::Datagram(from, data.to_vec()),
+            Input::TunPacket(p) => Seen::Tun(p.to_vec()),
             _ => Seen::Other,
-        };
-        self.events.push_back(seen);
+        })
     }
 
-    fn handle_command(&mut self, command: Do, now: Instant) {
-        match command {
-            Do::Act(action) => self.actions.push_back(action),
-            Do::Echo(on) => self.echo = on,
-            Do::WakeIn(d) => self.wake = Some(now + d),
-        }
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        if self.wake.is_some_and(|w| w <= now) {
-            self.wake = None;
-            self.events.push_back(Seen::Woken);
-        }
-    }
-
-    fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
-    }
-
-    fn poll_event(&mut self) -> Option<Seen> {
-        self.events.pop_front()
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.wake
+    fn woken() -> Self {
+        Seen::Woken
     }
 }
+
+/// A machine that does what it is told and reports every input it gets.
+type Probe = Puppet<Seen>;
 
 fn any_addr() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 0))

@@ -9,6 +9,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use async_channel::{Receiver, RecvError, Sender, TryRecvError, TrySendError};
+use ferry_core::io::OwnedInput;
 use ferry_core::{Action, ConnId, Input, ListenerId, Machine, SocketId};
 use tracing::{debug, trace, warn};
 
@@ -228,7 +229,11 @@ where
                 rt::spawn_detached(async move {
                     match socket.local_addr() {
                         Ok(local) => {
-                            if inbox.send(Msg::Listening { listener, local }).await.is_ok() {
+                            if inbox
+                                .send(OwnedInput::Listening { listener, local }.into())
+                                .await
+                                .is_ok()
+                            {
                                 tasks::accept_loop(
                                     listener,
                                     socket,
@@ -244,7 +249,9 @@ where
                         Err(e) => {
                             let error = e.to_string();
                             let _ = failure.try_send(e);
-                            let _ = inbox.send(Msg::ListenFailed { listener, error }).await;
+                            let _ = inbox
+                                .send(OwnedInput::ListenFailed { listener, error }.into())
+                                .await;
                         }
                     }
                 });
@@ -255,20 +262,7 @@ where
     }
 
     fn message(&mut self, msg: Msg) {
-        match msg {
-            Msg::Listening { listener, local } => {
-                if self.listeners.contains_key(&listener) {
-                    self.feed(Input::Listening { listener, local });
-                }
-            }
-            Msg::ListenFailed { listener, error } => {
-                if self.listeners.remove(&listener).is_some() {
-                    self.feed(Input::ListenFailed {
-                        listener,
-                        error: &error,
-                    });
-                }
-            }
+        let input = match msg {
             Msg::Accepted {
                 listener,
                 conn,
@@ -284,21 +278,9 @@ where
                         peer,
                     });
                 }
+                return;
             }
-            Msg::Connected { conn, local } => {
-                if self.conns.contains_key(&conn) {
-                    self.feed(Input::Connected { conn, local });
-                }
-            }
-            Msg::ConnectFailed { conn, error } => {
-                if self.remove_conn(conn).is_some() {
-                    self.feed(Input::ConnectFailed {
-                        conn,
-                        error: &error,
-                    });
-                }
-            }
-            Msg::Received { conn, data } => {
+            Msg::Input(OwnedInput::Received { conn, data }) => {
                 let Some(c) = self.conns.get(&conn) else {
                     trace!(%conn, bytes = data.len(), "dropped input of a closed connection");
                     return;
@@ -308,40 +290,40 @@ where
                     Some(peer) => self.forward(conn, peer, data),
                     None => self.feed(Input::Received { conn, data: &data }),
                 }
+                return;
             }
-            Msg::Closed { conn } => {
-                if let Some(closed) = self.remove_conn(conn) {
+            Msg::Input(OwnedInput::Flushed { conn, bytes }) => return self.flushed(conn, bytes),
+            Msg::Input(input) => input,
+        };
+        // Inputs for what the machine no longer has are dropped.
+        let known = match &input {
+            OwnedInput::Listening { listener, .. } => self.listeners.contains_key(listener),
+            OwnedInput::ListenFailed { listener, .. } => self.listeners.remove(listener).is_some(),
+            OwnedInput::Connected { conn, .. } => self.conns.contains_key(conn),
+            OwnedInput::ConnectFailed { conn, .. } => self.remove_conn(*conn).is_some(),
+            OwnedInput::Closed { conn } => match self.remove_conn(*conn) {
+                Some(closed) => {
                     if let Some(peer) = closed.pipe
                         && self.remove_conn(peer).is_some()
                     {
                         self.closed_later.push_back(peer);
                     }
-                    self.feed(Input::Closed { conn });
+                    true
                 }
+                None => false,
+            },
+            OwnedInput::UdpBound { socket, .. } | OwnedInput::Datagram { socket, .. } => {
+                self.sockets.contains_key(socket)
             }
-            Msg::Flushed { conn, bytes } => self.flushed(conn, bytes),
-            Msg::UdpBound { socket, local } => {
-                if self.sockets.contains_key(&socket) {
-                    self.feed(Input::UdpBound { socket, local });
-                }
-            }
-            Msg::UdpBindFailed { socket, error } => {
-                if self.sockets.remove(&socket).is_some() {
-                    self.feed(Input::UdpBindFailed {
-                        socket,
-                        error: &error,
-                    });
-                }
-            }
-            Msg::Datagram { socket, from, data } => {
-                if self.sockets.contains_key(&socket) {
-                    self.feed(Input::Datagram {
-                        socket,
-                        from,
-                        data: &data,
-                    });
-                }
-            }
+            OwnedInput::UdpBindFailed { socket, .. } => self.sockets.remove(socket).is_some(),
+            // Tasks report these otherwise (see above) or never.
+            OwnedInput::Accepted { .. }
+            | OwnedInput::Received { .. }
+            | OwnedInput::Flushed { .. }
+            | OwnedInput::TunPacket(_) => false,
+        };
+        if known {
+            self.feed(input.as_input());
         }
     }
 

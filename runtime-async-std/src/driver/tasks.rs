@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender, TryRecvError};
+use ferry_core::io::OwnedInput;
 use ferry_core::{ConnId, ListenerId, SocketId};
 use tracing::{debug, warn};
 
@@ -17,54 +18,23 @@ use super::{READ_BUFFER, RuntimeIds};
 use crate::race::{Either, race};
 use crate::rt::{self, ReadExt, TcpListener, TcpStream, WriteExt};
 
-/// An input for the actor, owned (the machine's `Input` borrows).
+/// What a task tells the actor.
 pub(crate) enum Msg {
-    Listening {
-        listener: ListenerId,
-        local: SocketAddr,
-    },
-    ListenFailed {
-        listener: ListenerId,
-        error: String,
-    },
+    /// An input for the machine, owned (the machine's `Input` borrows).
+    Input(OwnedInput),
+    /// Fed as `Input::Accepted`; the actor keeps `io` for the new connection.
     Accepted {
         listener: ListenerId,
         conn: ConnId,
         peer: SocketAddr,
         io: ConnIo,
     },
-    Connected {
-        conn: ConnId,
-        local: SocketAddr,
-    },
-    ConnectFailed {
-        conn: ConnId,
-        error: String,
-    },
-    Received {
-        conn: ConnId,
-        data: Vec<u8>,
-    },
-    Closed {
-        conn: ConnId,
-    },
-    Flushed {
-        conn: ConnId,
-        bytes: usize,
-    },
-    UdpBound {
-        socket: SocketId,
-        local: SocketAddr,
-    },
-    UdpBindFailed {
-        socket: SocketId,
-        error: String,
-    },
-    Datagram {
-        socket: SocketId,
-        from: SocketAddr,
-        data: Vec<u8>,
-    },
+}
+
+impl From<OwnedInput> for Msg {
+    fn from(input: OwnedInput) -> Self {
+        Msg::Input(input)
+    }
 }
 
 /// Orders from the actor to a reader.
@@ -177,22 +147,23 @@ async fn read_loop(
             Either::Left(Err(_)) => return,
             Either::Right(read) => read,
         };
-        let msg = match read {
-            Ok(0) => Msg::Closed { conn },
+        let msg: Msg = match read {
+            Ok(0) => OwnedInput::Closed { conn }.into(),
             Ok(n) => {
                 ahead.fetch_add(n, Ordering::AcqRel);
-                Msg::Received {
+                OwnedInput::Received {
                     conn,
                     data: buf[..n].to_vec(),
                 }
+                .into()
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
                 debug!(%conn, error = %e, "read failed");
-                Msg::Closed { conn }
+                OwnedInput::Closed { conn }.into()
             }
         };
-        let end = matches!(msg, Msg::Closed { .. });
+        let end = matches!(msg, Msg::Input(OwnedInput::Closed { .. }));
         if inbox.send(msg).await.is_err() || end {
             return;
         }
@@ -291,7 +262,10 @@ async fn write_loop(
             Step::Wrote(Ok(n)) => {
                 advance(&mut queue, &mut offset, n);
                 if linger_until.is_none()
-                    && inbox.send(Msg::Flushed { conn, bytes: n }).await.is_err()
+                    && inbox
+                        .send(OwnedInput::Flushed { conn, bytes: n }.into())
+                        .await
+                        .is_err()
                 {
                     break;
                 }
@@ -337,7 +311,7 @@ async fn report_failure(
 ) {
     debug!(%conn, %error, "write failed");
     if linger_until.is_none() {
-        let _ = inbox.send(Msg::Closed { conn }).await;
+        let _ = inbox.send(OwnedInput::Closed { conn }.into()).await;
     }
 }
 
@@ -357,7 +331,7 @@ pub(crate) async fn listen(
     let socket = match bound.and_then(|s| s.local_addr().map(|local| (s, local))) {
         Ok((socket, local)) => {
             if inbox
-                .send(Msg::Listening { listener, local })
+                .send(OwnedInput::Listening { listener, local }.into())
                 .await
                 .is_err()
             {
@@ -367,10 +341,13 @@ pub(crate) async fn listen(
         }
         Err(e) => {
             let _ = inbox
-                .send(Msg::ListenFailed {
-                    listener,
-                    error: e.to_string(),
-                })
+                .send(
+                    OwnedInput::ListenFailed {
+                        listener,
+                        error: e.to_string(),
+                    }
+                    .into(),
+                )
                 .await;
             return;
         }
@@ -427,7 +404,9 @@ pub(crate) async fn accept_loop(
                 if let Some(failure) = failure {
                     let _ = failure.try_send(e);
                 }
-                let _ = inbox.send(Msg::ListenFailed { listener, error }).await;
+                let _ = inbox
+                    .send(OwnedInput::ListenFailed { listener, error }.into())
+                    .await;
                 return;
             }
         }
@@ -470,17 +449,24 @@ pub(crate) async fn connect(
     let opened = connected.and_then(|s| s.local_addr().map(|local| (s, local)));
     match opened {
         Ok((stream, local)) => {
-            if inbox.send(Msg::Connected { conn, local }).await.is_err() {
+            if inbox
+                .send(OwnedInput::Connected { conn, local }.into())
+                .await
+                .is_err()
+            {
                 return;
             }
             start_conn(conn, stream, ends, &inbox, linger, paused);
         }
         Err(e) => {
             let _ = inbox
-                .send(Msg::ConnectFailed {
-                    conn,
-                    error: e.to_string(),
-                })
+                .send(
+                    OwnedInput::ConnectFailed {
+                        conn,
+                        error: e.to_string(),
+                    }
+                    .into(),
+                )
                 .await;
         }
     }
@@ -501,17 +487,24 @@ pub(crate) async fn udp(
     };
     let udp = match bound.and_then(|u| u.local_addr().map(|local| (u, local))) {
         Ok((udp, local)) => {
-            if inbox.send(Msg::UdpBound { socket, local }).await.is_err() {
+            if inbox
+                .send(OwnedInput::UdpBound { socket, local }.into())
+                .await
+                .is_err()
+            {
                 return;
             }
             Arc::new(udp)
         }
         Err(e) => {
             let _ = inbox
-                .send(Msg::UdpBindFailed {
-                    socket,
-                    error: e.to_string(),
-                })
+                .send(
+                    OwnedInput::UdpBindFailed {
+                        socket,
+                        error: e.to_string(),
+                    }
+                    .into(),
+                )
                 .await;
             return;
         }
@@ -532,11 +525,12 @@ pub(crate) async fn udp(
         };
         match received {
             Ok((n, from)) => {
-                let datagram = Msg::Datagram {
+                let datagram = OwnedInput::Datagram {
                     socket,
                     from,
                     data: buf[..n].to_vec(),
-                };
+                }
+                .into();
                 if inbox.send(datagram).await.is_err() {
                     return;
                 }

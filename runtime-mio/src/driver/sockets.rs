@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::time::Instant;
 
-use ferry_core::io::{Action, ConnId, Input, ListenerId, SocketId};
+use ferry_core::io::{Action, ConnId, ListenerId, OwnedInput, SocketId};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Poll, Token};
 
@@ -46,62 +46,11 @@ pub(super) enum Entry {
     Lingering,
 }
 
-/// An input produced while executing an action, fed back after the batch.
-pub(super) enum Report {
-    Listening {
-        listener: ListenerId,
-        local: SocketAddr,
-    },
-    ListenFailed {
-        listener: ListenerId,
-        error: String,
-    },
-    ConnectFailed {
-        conn: ConnId,
-        error: String,
-    },
-    Closed {
-        conn: ConnId,
-    },
-    UdpBound {
-        socket: SocketId,
-        local: SocketAddr,
-    },
-    UdpBindFailed {
-        socket: SocketId,
-        error: String,
-    },
-}
-
-impl Report {
-    pub(super) fn as_input(&self) -> Input<'_> {
-        match self {
-            Report::Listening { listener, local } => Input::Listening {
-                listener: *listener,
-                local: *local,
-            },
-            Report::ListenFailed { listener, error } => Input::ListenFailed {
-                listener: *listener,
-                error,
-            },
-            Report::ConnectFailed { conn, error } => Input::ConnectFailed { conn: *conn, error },
-            Report::Closed { conn } => Input::Closed { conn: *conn },
-            Report::UdpBound { socket, local } => Input::UdpBound {
-                socket: *socket,
-                local: *local,
-            },
-            Report::UdpBindFailed { socket, error } => Input::UdpBindFailed {
-                socket: *socket,
-                error,
-            },
-        }
-    }
-
-    pub(super) fn conn(&self) -> Option<ConnId> {
-        match self {
-            Report::ConnectFailed { conn, .. } | Report::Closed { conn } => Some(*conn),
-            _ => None,
-        }
+/// The connection an input produced while executing an action is about, if any.
+fn report_conn(report: &OwnedInput) -> Option<ConnId> {
+    match report {
+        OwnedInput::ConnectFailed { conn, .. } | OwnedInput::Closed { conn } => Some(*conn),
+        _ => None,
     }
 }
 
@@ -160,7 +109,7 @@ pub(super) struct Sockets {
     pub(super) lingering: HashMap<Token, Lingering>,
     pub(super) buf: Vec<u8>,
     /// Inputs produced by actions, fed after the machine is drained.
-    pub(super) pending: VecDeque<Report>,
+    pub(super) pending: VecDeque<OwnedInput>,
     /// Connections with written bytes not yet reported as `Flushed`.
     pub(super) dirty: Vec<ConnId>,
     /// Tokens to serve without waiting for an edge.
@@ -281,7 +230,7 @@ impl Sockets {
                         .register(&mut socket, token, Interest::READABLE)
                 {
                     self.tokens.remove(&token);
-                    self.pending.push_back(Report::ListenFailed {
+                    self.pending.push_back(OwnedInput::ListenFailed {
                         listener,
                         error: e.to_string(),
                     });
@@ -290,9 +239,9 @@ impl Sockets {
                 tracing::debug!(%listener, %local, "listening");
                 self.listeners.insert(listener, Listener { socket, token });
                 self.pending
-                    .push_back(Report::Listening { listener, local });
+                    .push_back(OwnedInput::Listening { listener, local });
             }
-            Err(e) => self.pending.push_back(Report::ListenFailed {
+            Err(e) => self.pending.push_back(OwnedInput::ListenFailed {
                 listener,
                 error: format!("cannot listen on {addr}: {e}"),
             }),
@@ -344,7 +293,7 @@ impl Sockets {
         let result = TcpStream::connect(addr)
             .and_then(|s| self.register_conn(conn, s, ConnState::Connecting));
         if let Err(e) = result {
-            self.pending.push_back(Report::ConnectFailed {
+            self.pending.push_back(OwnedInput::ConnectFailed {
                 conn,
                 error: format!("cannot connect to {addr}: {e}"),
             });
@@ -466,7 +415,7 @@ impl Sockets {
 
     /// The machine closes `id`: one write attempt, then close; no input after.
     pub(super) fn close(&mut self, id: ConnId) {
-        self.pending.retain(|r| r.conn() != Some(id));
+        self.pending.retain(|r| report_conn(r) != Some(id));
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
@@ -480,8 +429,8 @@ impl Sockets {
         // The other side of a pipe cannot go on alone; it is reported, `id` is not.
         if let Some(peer) = peer.and_then(|peer| self.forget(peer).map(|c| (peer, c))) {
             let (peer, conn) = peer;
-            self.pending.retain(|r| r.conn() != Some(peer));
-            self.pending.push_back(Report::Closed { conn: peer });
+            self.pending.retain(|r| report_conn(r) != Some(peer));
+            self.pending.push_back(OwnedInput::Closed { conn: peer });
             self.linger(conn);
         }
     }
@@ -497,7 +446,7 @@ impl Sockets {
         }
         if let Some(conn) = self.forget(id) {
             finish(conn.stream, conn.out, &mut self.buf);
-            self.pending.push_back(Report::Closed { conn: id });
+            self.pending.push_back(OwnedInput::Closed { conn: id });
         }
     }
 
@@ -589,8 +538,8 @@ impl Sockets {
             let Some(conn) = self.forget(side) else {
                 continue;
             };
-            self.pending.retain(|r| r.conn() != Some(side));
-            self.pending.push_back(Report::Closed { conn: side });
+            self.pending.retain(|r| report_conn(r) != Some(side));
+            self.pending.push_back(OwnedInput::Closed { conn: side });
             if side_failed {
                 continue; // dropped
             }
@@ -660,7 +609,7 @@ impl Sockets {
         let (local, mut udp) = match bound {
             Ok(bound) => bound,
             Err(e) => {
-                self.pending.push_back(Report::UdpBindFailed {
+                self.pending.push_back(OwnedInput::UdpBindFailed {
                     socket,
                     error: format!("cannot bind UDP {addr}: {e}"),
                 });
@@ -674,7 +623,7 @@ impl Sockets {
                 .register(&mut udp, token, Interest::READABLE | Interest::WRITABLE)
         {
             self.tokens.remove(&token);
-            self.pending.push_back(Report::UdpBindFailed {
+            self.pending.push_back(OwnedInput::UdpBindFailed {
                 socket,
                 error: e.to_string(),
             });
@@ -688,7 +637,8 @@ impl Sockets {
                 queue: VecDeque::new(),
             },
         );
-        self.pending.push_back(Report::UdpBound { socket, local });
+        self.pending
+            .push_back(OwnedInput::UdpBound { socket, local });
     }
 
     pub(super) fn send_to(&mut self, id: SocketId, to: SocketAddr, data: Vec<u8>) {

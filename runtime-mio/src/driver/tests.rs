@@ -1,7 +1,6 @@
 //! The driver against a probe machine whose commands are raw actions and whose
 //! events are the inputs it was fed, over real loopback sockets.
 
-use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{
     SocketAddr, TcpListener as StdListener, TcpStream as StdStream, UdpSocket as StdUdp,
@@ -9,101 +8,18 @@ use std::net::{
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
-use ferry_core::io::{Action, CORE_ID_BIT, ConnId, Input, ListenerId, Machine, SocketId};
+use ferry_conformance::puppet::{Do, Puppet, Seen};
+use ferry_core::io::{Action, CORE_ID_BIT, ConnId, ListenerId, SocketId};
 
 use super::write_queue::WriteQueue;
 use super::{Handle, run, spawn};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Seen {
-    Listening(ListenerId, SocketAddr),
-    ListenFailed(ListenerId),
-    Accepted(ListenerId, ConnId),
-    Connected(ConnId),
-    ConnectFailed(ConnId),
-    Received(ConnId, Vec<u8>),
-    Closed(ConnId),
-    Flushed(ConnId, usize),
-    UdpBound(SocketId, SocketAddr),
-    Datagram(SocketId, SocketAddr, Vec<u8>),
-    Timeout,
-    Pong(u32),
-}
-
-enum Cmd {
-    Do(Action),
-    Timer(Duration),
-    /// Answered with `Pong`: every earlier command has been executed.
-    Ping(u32),
-}
-
-/// Reports every input; optionally echoes what it receives.
-#[derive(Default)]
-struct Probe {
-    echo: bool,
-    actions: VecDeque<Action>,
-    seen: VecDeque<Seen>,
-    deadline: Option<Instant>,
-}
-
-impl Machine for Probe {
-    type Command = Cmd;
-    type Event = Seen;
-
-    fn handle_input(&mut self, input: Input<'_>, _now: Instant) {
-        let seen = match input {
-            Input::Listening { listener, local } => Seen::Listening(listener, local),
-            Input::ListenFailed { listener, .. } => Seen::ListenFailed(listener),
-            Input::Accepted { listener, conn, .. } => Seen::Accepted(listener, conn),
-            Input::Connected { conn, .. } => Seen::Connected(conn),
-            Input::ConnectFailed { conn, .. } => Seen::ConnectFailed(conn),
-            Input::Received { conn, data } => {
-                if self.echo {
-                    self.actions.push_back(Action::Send {
-                        conn,
-                        data: data.to_vec(),
-                    });
-                }
-                Seen::Received(conn, data.to_vec())
-            }
-            Input::Closed { conn } => Seen::Closed(conn),
-            Input::Flushed { conn, bytes } => Seen::Flushed(conn, bytes),
-            Input::UdpBound { socket, local } => Seen::UdpBound(socket, local),
-            Input::UdpBindFailed { .. } | Input::TunPacket(_) => return,
-            Input::Datagram { socket, from, data } => Seen::Datagram(socket, from, data.to_vec()),
-        };
-        self.seen.push_back(seen);
-    }
-
-    fn handle_command(&mut self, command: Cmd, now: Instant) {
-        match command {
-            Cmd::Do(action) => self.actions.push_back(action),
-            Cmd::Timer(after) => self.deadline = Some(now + after),
-            Cmd::Ping(n) => self.seen.push_back(Seen::Pong(n)),
-        }
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        if self.deadline.is_some_and(|d| d <= now) {
-            self.deadline = None;
-            self.seen.push_back(Seen::Timeout);
-        }
-    }
-
-    fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
-    }
-
-    fn poll_event(&mut self) -> Option<Seen> {
-        self.seen.pop_front()
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
-    }
-}
+/// Reports every input; optionally echoes what it receives. `Mark(Pong(n))`
+/// answers a ping: every earlier command has been executed.
+type Probe = Puppet<Seen>;
+type Cmd = Do<Seen>;
 
 struct Harness {
     handle: Handle<Cmd>,
@@ -114,10 +30,7 @@ struct Harness {
 impl Harness {
     fn start(echo: bool) -> Self {
         let (tx, seen) = channel();
-        let probe = Probe {
-            echo,
-            ..Probe::default()
-        };
+        let probe = Probe::new(echo);
         let handle = spawn(probe, move |e| {
             let _ = tx.send(e);
         })
@@ -130,7 +43,7 @@ impl Harness {
     }
 
     fn act(&self, action: Action) {
-        self.handle.send(Cmd::Do(action)).expect("driver runs");
+        self.handle.send(Do::Act(action)).expect("driver runs");
     }
 
     /// The next event that `pick` accepts; others are skipped.
@@ -155,7 +68,9 @@ impl Harness {
     fn sync(&mut self) -> Vec<Seen> {
         self.pings += 1;
         let n = self.pings;
-        self.handle.send(Cmd::Ping(n)).expect("driver runs");
+        self.handle
+            .send(Do::Mark(Seen::Pong(n)))
+            .expect("driver runs");
         let mut before = Vec::new();
         self.wait_for("pong", |s| {
             if *s == Seen::Pong(n) {
@@ -507,7 +422,7 @@ fn timer_fires_after_its_deadline() {
     let h = Harness::start(false);
     let start = Instant::now();
     h.handle
-        .send(Cmd::Timer(Duration::from_millis(50)))
+        .send(Do::WakeIn(Duration::from_millis(50)))
         .expect("send");
     h.wait_for("timeout", |s| (*s == Seen::Timeout).then_some(()));
     assert!(start.elapsed() >= Duration::from_millis(50));
@@ -528,7 +443,7 @@ fn shutdown_drops_every_socket() {
 #[test]
 fn run_returns_when_nothing_can_happen_any_more() {
     let probe = run(Probe::default(), |_| {}).expect("runs");
-    assert!(probe.actions.is_empty());
+    assert!(probe.is_idle());
 }
 
 #[test]
