@@ -5,7 +5,7 @@
 //! virtual hosts, plus endpoints the test drives by hand: TCP clients
 //! ([`ClientId`]), TCP listeners ([`TestListener`]) and UDP sockets
 //! ([`UdpEndpoint`]). It obeys every [`Action`](ferry_core::io::Action) and reports
-//! every [`Input`] the way a runtime does, with three differences that make tests
+//! every [`Input`](ferry_core::io::Input) the way a runtime does, with three differences that make tests
 //! strong and fast:
 //!
 //! - **One seed decides everything.** How a byte stream is cut into reads and
@@ -40,8 +40,13 @@
 //! client's close reaches the machine as `Closed` after all the client's bytes were
 //! read; a machine that writes to a closed client while it is not reading learns it
 //! from the failed write (`Closed`), as with a real reset. `Pipe` splices two
-//! connections inside the simulator, bounded by the window. TCP has no latency:
-//! order and splits are random, time does not pass.
+//! connections inside the simulator, bounded by the window; a `Send` to a piped
+//! connection joins the spliced stream in order. As in both runtimes, a `Pipe` of
+//! an unknown, closed, piped or identical connection closes the sides that exist,
+//! and a `Closed` the simulator decides while executing actions (the other side of
+//! a closed pipe) comes after the drain, like any other input. A repeated
+//! `PauseRead` grants no new read-ahead. TCP has no latency: order and splits are
+//! random, time does not pass.
 //!
 //! # UDP and TUN
 //!
@@ -79,6 +84,8 @@ mod trace;
 mod udp;
 
 #[cfg(test)]
+mod parity_tests;
+#[cfg(test)]
 mod tests;
 
 pub use check::{Case, Property, Scenario, check, check_case, run_case};
@@ -90,7 +97,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ferry_core::io::{ConnId, Input, ListenerId, MAX_READ_AHEAD, Machine, SocketId};
+use ferry_core::io::{ConnId, ListenerId, MAX_READ_AHEAD, Machine, SocketId};
 
 use node::{Driven, Hosted};
 use tcp::Link;
@@ -195,62 +202,8 @@ enum TcpOwner {
     Test(usize),
 }
 
-/// An input the simulator reports later in this instant (answers to actions).
-enum Owned {
-    Listening {
-        listener: ListenerId,
-        local: SocketAddr,
-    },
-    ListenFailed {
-        listener: ListenerId,
-        error: &'static str,
-    },
-    Accepted {
-        listener: ListenerId,
-        conn: ConnId,
-        peer: SocketAddr,
-    },
-    Connected {
-        conn: ConnId,
-        local: SocketAddr,
-    },
-    ConnectFailed {
-        conn: ConnId,
-        error: &'static str,
-    },
-    UdpBound {
-        socket: SocketId,
-        local: SocketAddr,
-    },
-    UdpBindFailed {
-        socket: SocketId,
-        error: &'static str,
-    },
-    TunPacket(Vec<u8>),
-}
-
-impl Owned {
-    fn as_input(&self) -> Input<'_> {
-        match *self {
-            Owned::Listening { listener, local } => Input::Listening { listener, local },
-            Owned::ListenFailed { listener, error } => Input::ListenFailed { listener, error },
-            Owned::Accepted {
-                listener,
-                conn,
-                peer,
-            } => Input::Accepted {
-                listener,
-                conn,
-                peer,
-            },
-            Owned::Connected { conn, local } => Input::Connected { conn, local },
-            Owned::ConnectFailed { conn, error } => Input::ConnectFailed { conn, error },
-            Owned::UdpBound { socket, local } => Input::UdpBound { socket, local },
-            Owned::UdpBindFailed { socket, error } => Input::UdpBindFailed { socket, error },
-            Owned::TunPacket(ref packet) => Input::TunPacket(packet),
-        }
-    }
-}
+/// An input waiting for its turn: the core's owned form of `Input`.
+use ferry_core::io::OwnedInput as Owned;
 
 /// One unit of work that can happen at the current instant.
 #[derive(Debug, Clone, Copy)]

@@ -89,6 +89,22 @@ impl Sim {
         ClientId(id)
     }
 
+    /// Where a test endpoint (listener or UDP socket) binds `addr`: an
+    /// unspecified address means a new test host, port 0 an ephemeral port.
+    pub(super) fn test_bind_addr(&mut self, addr: SocketAddr) -> SocketAddr {
+        let ip = if addr.ip().is_unspecified() {
+            self.new_host_ip()
+        } else {
+            addr.ip()
+        };
+        let port = if addr.port() == 0 {
+            self.alloc_port(ip)
+        } else {
+            addr.port()
+        };
+        SocketAddr::new(ip, port)
+    }
+
     pub(super) fn peer_end(&self, client: ClientId) -> Option<(usize, usize)> {
         self.peers[client.0].link
     }
@@ -221,17 +237,7 @@ impl Sim {
 
     /// Listen at `addr` (port 0: an ephemeral port) for machines' `Connect`s.
     pub fn listen(&mut self, addr: SocketAddr) -> TestListener {
-        let ip = if addr.ip().is_unspecified() {
-            self.new_host_ip()
-        } else {
-            addr.ip()
-        };
-        let port = if addr.port() == 0 {
-            self.alloc_port(ip)
-        } else {
-            addr.port()
-        };
-        let addr = SocketAddr::new(ip, port);
+        let addr = self.test_bind_addr(addr);
         let id = self.listeners.len();
         if self.tcp_bound.insert(addr, TcpOwner::Test(id)).is_some() {
             panic!("listen: {addr} is already bound");

@@ -107,10 +107,14 @@ impl Sim {
                     None => false,
                 }
             }
-            Owned::ConnectFailed { conn, .. } => !slot.cancelled.remove(conn),
+            Owned::ConnectFailed { conn, .. } | Owned::Closed { conn } => {
+                !slot.cancelled.remove(conn)
+            }
             Owned::Listening { listener, .. } => slot.listeners.contains_key(listener),
             Owned::UdpBound { socket, .. } => slot.sockets.contains_key(socket),
             Owned::ListenFailed { .. } | Owned::UdpBindFailed { .. } | Owned::TunPacket(_) => true,
+            // Data is delivered straight from the links, never queued as an answer.
+            Owned::Received { .. } | Owned::Flushed { .. } | Owned::Datagram { .. } => true,
         };
         if live {
             self.deliver(n, owned.as_input());
@@ -131,8 +135,13 @@ impl Sim {
                         .push_back((n, Owned::Listening { listener, local }));
                 } else {
                     let error = "address in use";
-                    self.pending
-                        .push_back((n, Owned::ListenFailed { listener, error }));
+                    self.pending.push_back((
+                        n,
+                        Owned::ListenFailed {
+                            listener,
+                            error: error.into(),
+                        },
+                    ));
                 }
             }
             Action::CloseListener { listener } => {
@@ -144,35 +153,46 @@ impl Sim {
             Action::Send { conn, data } => {
                 if let Some(&(l, e)) = self.nodes[n].conns.get(&conn) {
                     let link = &mut self.links[l];
-                    if !link.ends[e].closed && link.ends[e].splice.is_none() {
+                    // After a `Pipe` this is the spliced stream: the bytes go in order
+                    // with what the pipe forwards (and are never reported as `Flushed`).
+                    if !link.ends[e].closed {
                         link.dirs[e].write(&data);
                     }
                 }
             }
             Action::Close { conn } => {
                 if let Some((l, e)) = self.nodes[n].conns.remove(&conn) {
-                    if let Some((pl, pe)) = self.links[l].ends[e].splice {
-                        // A spliced pair ends together.
-                        self.close_node_end(pl, pe);
-                    }
+                    let splice = self.links[l].ends[e].splice;
                     self.close_end(l, e, true, false);
+                    if let Some((pl, pe)) = splice {
+                        // A spliced pair ends together; the other side hears of it
+                        // after this drain, as from a runtime.
+                        self.close_node_end_later(pl, pe);
+                    }
                 } else if self.pending.iter().any(|(m, o)| {
-                    *m == n && matches!(o, Owned::ConnectFailed { conn: c, .. } if *c == conn)
+                    *m == n
+                        && matches!(o, Owned::ConnectFailed { conn: c, .. } | Owned::Closed { conn: c }
+                            if *c == conn)
                 }) {
                     self.nodes[n].cancelled.insert(conn);
                 }
             }
             Action::PauseRead { conn } => {
                 if let Some(&(l, e)) = self.nodes[n].conns.get(&conn) {
-                    let ahead = if self.rng.chance(self.config.read_ahead) {
+                    // Only the first `PauseRead` grants a read-ahead: what is left of it
+                    // bounds everything delivered until `ResumeRead`.
+                    let fresh = !self.links[l].ends[e].paused;
+                    let ahead = if fresh && self.rng.chance(self.config.read_ahead) {
                         self.rng.range_usize(1..=self.config.max_read_ahead.max(1))
                     } else {
                         0
                     };
                     let end = &mut self.links[l].ends[e];
-                    end.paused = true;
                     end.pauses += 1;
-                    end.read_ahead = ahead;
+                    if fresh {
+                        end.paused = true;
+                        end.read_ahead = ahead;
+                    }
                 }
             }
             Action::ResumeRead { conn } => {
@@ -182,18 +202,7 @@ impl Sim {
                     end.read_ahead = 0;
                 }
             }
-            Action::Pipe { a, b } => {
-                let slot = &self.nodes[n];
-                if let (Some(&(la, ea)), Some(&(lb, eb))) = (slot.conns.get(&a), slot.conns.get(&b))
-                {
-                    for (l, e, other) in [(la, ea, (lb, eb)), (lb, eb, (la, ea))] {
-                        let end = &mut self.links[l].ends[e];
-                        end.splice = Some(other);
-                        end.paused = false;
-                        end.read_ahead = 0;
-                    }
-                }
-            }
+            Action::Pipe { a, b } => self.pipe(n, a, b),
             Action::BindUdp { socket, addr } => {
                 let local = self.bind_addr(n, addr);
                 if let Entry::Vacant(slot) = self.udp_bound.entry(local) {
@@ -203,8 +212,13 @@ impl Sim {
                         .push_back((n, Owned::UdpBound { socket, local }));
                 } else {
                     let error = "address in use";
-                    self.pending
-                        .push_back((n, Owned::UdpBindFailed { socket, error }));
+                    self.pending.push_back((
+                        n,
+                        Owned::UdpBindFailed {
+                            socket,
+                            error: error.into(),
+                        },
+                    ));
                 }
             }
             Action::CloseUdp { socket } => {
@@ -219,6 +233,40 @@ impl Sim {
                 }
             }
             Action::WriteTun(packet) => self.nodes[n].tun_out.push(packet),
+        }
+    }
+
+    /// Splice `a` and `b`. Like both runtimes, a pipe of an unknown, closed,
+    /// already piped or identical connection ends at once: each side that exists
+    /// (and what it was piped to) is closed and reported `Closed` after the drain.
+    fn pipe(&mut self, n: usize, a: ConnId, b: ConnId) {
+        let free = |conn: &ConnId| {
+            self.nodes[n]
+                .conns
+                .get(conn)
+                .filter(|&&(l, e)| self.links[l].ends[e].splice.is_none())
+                .copied()
+        };
+        match (free(&a), free(&b)) {
+            (Some(ea), Some(eb)) if a != b => {
+                for ((l, e), other) in [(ea, eb), (eb, ea)] {
+                    let end = &mut self.links[l].ends[e];
+                    end.splice = Some(other);
+                    end.paused = false;
+                    end.read_ahead = 0;
+                }
+            }
+            _ => {
+                for conn in [a, b] {
+                    if let Some(&(l, e)) = self.nodes[n].conns.get(&conn) {
+                        let splice = self.links[l].ends[e].splice;
+                        self.close_node_end_later(l, e);
+                        if let Some((pl, pe)) = splice {
+                            self.close_node_end_later(pl, pe);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -274,8 +322,13 @@ impl Sim {
             }
             None => {
                 let error = "connection refused";
-                self.pending
-                    .push_back((n, Owned::ConnectFailed { conn, error }));
+                self.pending.push_back((
+                    n,
+                    Owned::ConnectFailed {
+                        conn,
+                        error: error.into(),
+                    },
+                ));
             }
         }
     }
@@ -312,17 +365,30 @@ impl Sim {
 
     /// Close a machine's end that the machine did not ask to close, and tell it.
     pub(super) fn close_node_end(&mut self, l: usize, e: usize) {
+        if let Some((node, conn)) = self.end_for_machine(l, e) {
+            self.deliver(node, Input::Closed { conn });
+        }
+    }
+
+    /// As [`Sim::close_node_end`], from inside a drain: the machine is told after
+    /// the drain ends, like any other input (and not if it closes `conn` first).
+    pub(super) fn close_node_end_later(&mut self, l: usize, e: usize) {
+        if let Some((node, conn)) = self.end_for_machine(l, e) {
+            self.pending.push_back((node, Owned::Closed { conn }));
+        }
+    }
+
+    /// Close a machine's end for it; the machine and conn to tell, if any.
+    fn end_for_machine(&mut self, l: usize, e: usize) -> Option<(usize, ConnId)> {
         let end = &self.links[l].ends[e];
         if end.closed {
-            return;
+            return None;
         }
-        let Some((node, conn)) = end.node_conn() else {
-            return;
-        };
+        let (node, conn) = end.node_conn()?;
         let drain = end.splice.is_some();
         self.close_end(l, e, false, drain);
         self.nodes[node].conns.remove(&conn);
-        self.deliver(node, Input::Closed { conn });
+        Some((node, conn))
     }
 
     pub(super) fn ready_ops(&self) -> Vec<Op> {

@@ -66,17 +66,7 @@ impl Sim {
 
     /// Bind a test UDP socket at `addr` (`0.0.0.0`: a new host; port 0: ephemeral).
     pub fn udp_bind(&mut self, addr: SocketAddr) -> UdpEndpoint {
-        let ip = if addr.ip().is_unspecified() {
-            self.new_host_ip()
-        } else {
-            addr.ip()
-        };
-        let port = if addr.port() == 0 {
-            self.alloc_port(ip)
-        } else {
-            addr.port()
-        };
-        let local = SocketAddr::new(ip, port);
+        let local = self.test_bind_addr(addr);
         let id = self.endpoints.len();
         if self
             .udp_bound
