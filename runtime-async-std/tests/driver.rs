@@ -44,7 +44,11 @@ async fn send(driver: &Driver<Puppet>, conn: ConnId, data: &[u8]) {
     .await;
 }
 
-async fn next(driver: &Driver<Puppet>) -> Seen {
+async fn next<M>(driver: &Driver<M>) -> Seen
+where
+    M: Machine<Event = Seen> + Send + 'static,
+    M::Command: Send + 'static,
+{
     within("an event", 10, driver.next_event())
         .await
         .expect("driver running")
@@ -93,7 +97,11 @@ async fn listen(driver: &Driver<Puppet>, listener: ListenerId) -> (ListenerId, S
 }
 
 /// Connect to the puppet's listener at `addr`: our side, and what `Accepted` said.
-async fn accept(driver: &Driver<Puppet>, addr: SocketAddr) -> (TcpStream, ListenerId, ConnId) {
+async fn accept<M>(driver: &Driver<M>, addr: SocketAddr) -> (TcpStream, ListenerId, ConnId)
+where
+    M: Machine<Event = Seen> + Send + 'static,
+    M::Command: Send + 'static,
+{
     let stream = within("connect", 5, TcpStream::connect(addr))
         .await
         .expect("connect");
@@ -462,5 +470,166 @@ fn pipe_back_pressure_bounds_what_the_runtime_holds() {
         .await;
         within("a finishes", 10, pushing).await;
         drop(a);
+    });
+}
+
+/// The shared puppet, told several things at once: the actions of one command
+/// are executed in one drain.
+#[derive(Default)]
+struct Batched(Puppet);
+
+impl Machine for Batched {
+    type Command = Vec<Do<Seen>>;
+    type Event = Seen;
+
+    fn handle_input(&mut self, input: ferry_core::Input<'_>, now: Instant) {
+        self.0.handle_input(input, now);
+    }
+
+    fn handle_command(&mut self, commands: Vec<Do<Seen>>, now: Instant) {
+        for command in commands {
+            self.0.handle_command(command, now);
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.0.handle_timeout(now);
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.0.poll_action()
+    }
+
+    fn poll_event(&mut self) -> Option<Seen> {
+        self.0.poll_event()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.0.poll_timeout()
+    }
+}
+
+async fn batch(driver: &Driver<Batched>, commands: Vec<Do<Seen>>) {
+    within("command", 5, driver.command(commands))
+        .await
+        .expect("driver running");
+}
+
+/// The events before `Pong(n)`, asked for after every earlier command.
+async fn until_pong(driver: &Driver<Batched>, n: u32) -> Vec<Seen> {
+    batch(driver, vec![Do::Mark(Seen::Pong(n))]).await;
+    let mut before = Vec::new();
+    loop {
+        match next(driver).await {
+            Seen::Pong(m) if m == n => return before,
+            other => before.push(other),
+        }
+    }
+}
+
+async fn read_eof(stream: &mut TcpStream, what: &str) {
+    let mut rest = Vec::new();
+    within(what, 5, stream.read_to_end(&mut rest))
+        .await
+        .expect("eof");
+}
+
+#[test]
+fn closing_both_piped_sides_in_one_drain_reports_neither() {
+    task::block_on(async {
+        let driver = Driver::spawn(Batched::default(), DriverConfig::default());
+        let listener = ListenerId(CORE_ID_BIT | 1);
+        batch(
+            &driver,
+            vec![Do::Act(Action::Listen {
+                listener,
+                addr: "127.0.0.1:0".parse().expect("addr"),
+            })],
+        )
+        .await;
+        let Seen::Listening(_, addr) = next(&driver).await else {
+            panic!("expected Listening");
+        };
+        let (mut a, _, conn_a) = accept(&driver, addr).await;
+        let (mut b, _, conn_b) = accept(&driver, addr).await;
+        batch(
+            &driver,
+            vec![Do::Act(Action::Pipe {
+                a: conn_a,
+                b: conn_b,
+            })],
+        )
+        .await;
+        batch(
+            &driver,
+            vec![
+                Do::Act(Action::Close { conn: conn_a }),
+                Do::Act(Action::Close { conn: conn_b }),
+            ],
+        )
+        .await;
+        let seen = until_pong(&driver, 1).await;
+        assert!(
+            !seen.iter().any(|s| matches!(s, Seen::Closed(..))),
+            "Closed for a connection the machine closed: {seen:?}"
+        );
+        read_eof(&mut a, "a sees the close").await;
+        read_eof(&mut b, "b sees the close").await;
+    });
+}
+
+#[test]
+fn piping_a_piped_connection_again_ends_the_old_pipe_too() {
+    task::block_on(async {
+        let driver = Driver::spawn(Batched::default(), DriverConfig::default());
+        let listener = ListenerId(CORE_ID_BIT | 1);
+        batch(
+            &driver,
+            vec![Do::Act(Action::Listen {
+                listener,
+                addr: "127.0.0.1:0".parse().expect("addr"),
+            })],
+        )
+        .await;
+        let Seen::Listening(_, addr) = next(&driver).await else {
+            panic!("expected Listening");
+        };
+        let (mut a, _, conn_a) = accept(&driver, addr).await;
+        let (mut b, _, conn_b) = accept(&driver, addr).await;
+        let (mut c, _, conn_c) = accept(&driver, addr).await;
+        let pipe = |a, b| Do::Act(Action::Pipe { a, b });
+        batch(&driver, vec![pipe(conn_a, conn_b)]).await;
+        batch(&driver, vec![pipe(conn_a, conn_c)]).await;
+        let mut closed = until_pong(&driver, 1).await;
+        closed.sort_by_key(|s| format!("{s:?}"));
+        let mut want = vec![
+            Seen::Closed(conn_a),
+            Seen::Closed(conn_b),
+            Seen::Closed(conn_c),
+        ];
+        want.sort_by_key(|s| format!("{s:?}"));
+        assert_eq!(closed, want, "every side, the old partner included");
+        read_eof(&mut a, "a sees the close").await;
+        read_eof(&mut b, "the old partner sees the close").await;
+        read_eof(&mut c, "c sees the close").await;
+
+        // The machine closing the old partner itself, in the same drain: not reported.
+        let (_d, _, conn_d) = accept(&driver, addr).await;
+        let (_e, _, conn_e) = accept(&driver, addr).await;
+        let (_f, _, conn_f) = accept(&driver, addr).await;
+        batch(&driver, vec![pipe(conn_d, conn_e)]).await;
+        batch(
+            &driver,
+            vec![
+                pipe(conn_d, conn_f),
+                Do::Act(Action::Close { conn: conn_e }),
+            ],
+        )
+        .await;
+        let mut closed = until_pong(&driver, 2).await;
+        closed.sort_by_key(|s| format!("{s:?}"));
+        let mut want = vec![Seen::Closed(conn_d), Seen::Closed(conn_f)];
+        want.sort_by_key(|s| format!("{s:?}"));
+        assert_eq!(closed, want);
     });
 }

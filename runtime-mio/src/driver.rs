@@ -24,7 +24,7 @@
 //! | `Send` | `Flushed` as bytes reach the socket; `Closed` if the socket fails |
 //! | `Close` | none, ever, for that connection (one non-blocking write attempt, then shutdown and drop) |
 //! | `PauseRead` / `ResumeRead` | no `Received` between them (none is buffered by the driver) |
-//! | `Pipe{a, b}` | no `Received`/`Flushed` for the spliced bytes; `Closed` for **both** when either ends |
+//! | `Pipe{a, b}` | no `Received` for the spliced bytes and no `Flushed` for `a` or `b` (a later `Send` joins the spliced stream); `Closed` for **both** when either ends |
 //! | `BindUdp` | `UdpBound` or `UdpBindFailed`; then `Datagram`s |
 //! | `SendTo` / `CloseUdp` | none (UDP is lossy: a datagram the socket refuses is dropped) |
 //! | `WriteTun` | none: this runtime has no TUN device yet, the packet is dropped with a warning |

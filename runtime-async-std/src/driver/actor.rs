@@ -301,17 +301,7 @@ where
             OwnedInput::ListenFailed { listener, .. } => self.listeners.remove(listener).is_some(),
             OwnedInput::Connected { conn, .. } => self.conns.contains_key(conn),
             OwnedInput::ConnectFailed { conn, .. } => self.remove_conn(*conn).is_some(),
-            OwnedInput::Closed { conn } => match self.remove_conn(*conn) {
-                Some(closed) => {
-                    if let Some(peer) = closed.pipe
-                        && self.remove_conn(peer).is_some()
-                    {
-                        self.closed_later.push_back(peer);
-                    }
-                    true
-                }
-                None => false,
-            },
+            OwnedInput::Closed { conn } => self.close_with_pipe(*conn),
             OwnedInput::UdpBound { socket, .. } | OwnedInput::Datagram { socket, .. } => {
                 self.sockets.contains_key(socket)
             }
@@ -381,14 +371,10 @@ where
             }
             Action::Send { conn, data } => self.send(conn, data),
             Action::Close { conn } => {
-                if let Some(closed) = self.remove_conn(conn) {
-                    // Closing one side of a pipe ends the pipe: the other side goes too.
-                    if let Some(peer) = closed.pipe
-                        && self.remove_conn(peer).is_some()
-                    {
-                        self.closed_later.push_back(peer);
-                    }
-                }
+                // A `Closed` not fed yet is not fed at all: the machine closed `conn`
+                // itself (e.g. both sides of a pipe in one drain).
+                self.closed_later.retain(|c| *c != conn);
+                self.close_with_pipe(conn);
             }
             Action::PauseRead { conn } => self.pause_by_machine(conn, true),
             Action::ResumeRead { conn } => self.pause_by_machine(conn, false),
@@ -505,6 +491,21 @@ where
         Some(removed)
     }
 
+    /// Forget `conn` and, if it was piped, its partner, whose `Closed` is fed
+    /// after the drain. True if `conn` was known.
+    fn close_with_pipe(&mut self, conn: ConnId) -> bool {
+        let Some(closed) = self.remove_conn(conn) else {
+            return false;
+        };
+        // One side of a pipe cannot go on alone: the other side goes too.
+        if let Some(peer) = closed.pipe
+            && self.remove_conn(peer).is_some()
+        {
+            self.closed_later.push_back(peer);
+        }
+        true
+    }
+
     fn send(&mut self, conn: ConnId, data: Vec<u8>) {
         if data.is_empty() {
             return;
@@ -551,9 +552,10 @@ where
         let free = |c: Option<&Conn>| c.is_some_and(|c| c.pipe.is_none());
         if a == b || !free(self.conns.get(&a)) || !free(self.conns.get(&b)) {
             // One side is gone (or the pipe makes no sense): the pipe ends at once.
-            debug!(%a, %b, "pipe of a closed connection: closing both");
+            // A side that was piped already takes its old partner with it (as mio).
+            debug!(%a, %b, "pipe of a closed or piped connection: closing both");
             for conn in [a, b] {
-                if self.remove_conn(conn).is_some() {
+                if self.close_with_pipe(conn) {
                     self.closed_later.push_back(conn);
                 }
             }

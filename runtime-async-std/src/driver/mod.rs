@@ -24,7 +24,9 @@
 //! - `Pipe{a, b}`: the actor forwards what `a`'s reader delivers to `b`'s writer and
 //!   back, after whatever the machine had queued; it pauses a side whose peer has
 //!   more than [`DriverConfig::pipe_buffer`] bytes unwritten. When either side ends
-//!   both are closed and the machine gets `Closed` for each.
+//!   both are closed and the machine gets `Closed` for each one it did not close
+//!   itself. A `Pipe` naming a closed or already piped connection ends at once:
+//!   each side that exists, and its old partner, is closed and reported.
 //! - Events go into a bounded channel. While it is full the actor keeps them and
 //!   pauses every reader (not piped ones), so an application that stops reading
 //!   events stops its peers instead of growing memory; commands and writes go on.

@@ -67,7 +67,8 @@ pub(super) struct Conn {
     pub(super) token: Token,
     pub(super) state: ConnState,
     pub(super) out: WriteQueue,
-    /// Bytes of the machine's `Send`s still in `out` (pipe bytes are not reported).
+    /// Bytes of the machine's `Send`s still in `out` (pipe bytes are not reported;
+    /// zero once piped: a piped connection gets no `Flushed`).
     pub(super) unflushed: usize,
     /// Bytes written and not yet reported as `Flushed`.
     pub(super) flushed: usize,
@@ -305,7 +306,10 @@ impl Sockets {
             tracing::trace!(%id, "send to an unknown connection ignored");
             return;
         };
-        conn.unflushed += data.len();
+        // A piped connection gets no `Flushed`: its bytes join the spliced stream.
+        if !matches!(conn.state, ConnState::Piped(_)) {
+            conn.unflushed += data.len();
+        }
         conn.out.push(data);
         if conn.state != ConnState::Connecting {
             self.flush(id);
@@ -462,6 +466,9 @@ impl Sockets {
             if let Some(conn) = self.conns.get_mut(&this) {
                 conn.state = ConnState::Piped(other);
                 conn.paused = false;
+                // No `Flushed` from now on, not even for what was queued before.
+                conn.unflushed = 0;
+                conn.flushed = 0;
                 let token = conn.token;
                 self.update_interest(this);
                 // Bytes may wait in the socket whose edge the machine already took.

@@ -384,6 +384,38 @@ fn closing_one_piped_side_reports_only_the_other() {
 }
 
 #[test]
+fn a_send_to_a_piped_connection_goes_out_in_order_without_flushed() {
+    let mut h = Harness::start(false);
+    let (_, addr) = h.listen();
+    let (mut left, a) = h.accept(addr);
+    let (mut right, b) = h.accept(addr);
+    h.act(Action::Pipe { a, b });
+    h.sync();
+
+    right.write_all(b"1-").expect("write");
+    let mut got = [0; 2];
+    left.read_exact(&mut got).expect("spliced to the left");
+    assert_eq!(&got, b"1-");
+    h.act(Action::Send {
+        conn: a,
+        data: b"2-".to_vec(),
+    });
+    let mut after = h.sync();
+    right.write_all(b"3").expect("write");
+    let mut got = [0; 3];
+    left.read_exact(&mut got)
+        .expect("the Send, then the pipe's bytes");
+    assert_eq!(&got, b"2-3");
+
+    after.extend(h.sync());
+    assert!(
+        !after.iter().any(|s| matches!(s, Seen::Flushed(..))),
+        "a piped connection was reported Flushed: {after:?}"
+    );
+    h.stop();
+}
+
+#[test]
 fn udp_datagrams_both_ways() {
     let h = Harness::start(false);
     let socket = SocketId(CORE_ID_BIT | 1);
