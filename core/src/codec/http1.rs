@@ -1,0 +1,1 @@
+//! HTTP/1.x request heads and responses (in progress).
