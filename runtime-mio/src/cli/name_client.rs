@@ -19,7 +19,7 @@ use ferry_mio::Handle;
 
 use super::daemon::parse_secs;
 
-/// Default `--timeout` when not interactive.
+/// Default `--timeout` for `--send` alone: how long its bytes may take to leave.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one address may take to connect before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,7 +48,8 @@ pub struct Args {
     /// Print N received messages, then exit.
     #[arg(long, value_name = "N")]
     recv: Option<usize>,
-    /// Give up (exit 1) after this many seconds [default: none when interactive, 10 otherwise].
+    /// Give up (exit 1) after this many seconds [default: none when interactive or with --recv
+    /// (a receiver waits as long as it takes), 10 with --send alone].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     timeout: Option<Duration>,
 }
@@ -239,7 +240,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot resolve {}", args.host))?
         .collect();
     let interactive = args.send.is_none() && args.recv.is_none();
-    let timeout = args.timeout.or((!interactive).then_some(BATCH_TIMEOUT));
+    let send_only = args.send.is_some() && args.recv.is_none();
+    let timeout = args.timeout.or(send_only.then_some(BATCH_TIMEOUT));
     let deadline = timeout.map(|t| Instant::now() + t);
     let (tx, rx) = channel();
     let (handle, relay) = connect(&addrs, args.name.as_bytes(), deadline, &tx, &rx)?;
