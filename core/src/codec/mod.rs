@@ -6,3 +6,21 @@
 
 pub mod http1;
 pub mod websocket;
+
+/// A streaming parse: a whole value, or "call again with more bytes".
+///
+/// Every streaming parser in ferry answers `Incomplete` on a valid prefix and
+/// reports how many bytes a whole value took, so a message split across any
+/// number of reads parses the same as one read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed<T> {
+    /// A whole value, and how many input bytes it took.
+    Done {
+        /// The value.
+        value: T,
+        /// Bytes consumed from the input.
+        consumed: usize,
+    },
+    /// A valid prefix: call again with more bytes.
+    Incomplete,
+}

@@ -20,6 +20,8 @@ use nom::sequence::terminated;
 use nom::{IResult, Parser};
 use thiserror::Error;
 
+pub use crate::codec::Parsed;
+
 /// The field separator.
 pub const SEPARATOR: u8 = b'|';
 /// The longest name the protocol allows (NR-2).
@@ -56,20 +58,6 @@ pub enum WireError {
         /// The cap.
         max: usize,
     },
-}
-
-/// A parse that may need more bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parsed<T> {
-    /// A whole value, and how many input bytes it took.
-    Done {
-        /// The value.
-        value: T,
-        /// Bytes consumed from the input.
-        consumed: usize,
-    },
-    /// A valid prefix: call again with more bytes.
-    Incomplete,
 }
 
 /// The header of a frame: `name|length|`. The payload follows it.
