@@ -4,6 +4,7 @@
 //!   vocabulary (TCP, UDP, pipes, timers) over async-std sockets.
 //! - [`name_relay`]: the name relay (seed 004) as [`name_relay::serve`] and
 //!   [`name_relay::NameClient`].
+//! - [`ws_relay`]: the WebSocket relay (seed 003) as [`ws_relay::serve`].
 //!
 //! Everything specific to async-std (spawn, timers, socket types) sits in one
 //! private module, `rt`; the rest is written against `async-channel` and the
@@ -13,6 +14,8 @@ pub mod driver;
 pub mod name_relay;
 mod race;
 mod rt;
+mod serve;
+pub mod ws_relay;
 
 pub use driver::{Backlog, Driver, DriverConfig, DriverStopped};
 pub use rt::{TcpListener, TcpStream, UdpSocket};

@@ -30,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run the name relay: TCP clients register a name, then send each other frames.
     NameRelay(daemon::NameRelayArgs),
+    /// Run the WebSocket relay: rooms by relayId, broadcast and targeted messages.
+    WsRelay(daemon::WsRelayArgs),
     /// Talk to a name relay: interactively, or send once and/or receive N messages.
     NameClient(name_client::Args),
     /// Run every server from a TOML config (each on loopback at its default port without one).
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::NameRelay(args) => daemon::supervise(vec![args.into_spec()]),
+        Command::WsRelay(args) => daemon::supervise(vec![args.into_spec()]),
         Command::NameClient(args) => name_client::run(args),
         Command::Up(args) => config::up(args),
     };

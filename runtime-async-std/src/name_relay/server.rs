@@ -2,14 +2,12 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::pin;
 
 use ferry_core::name_relay::server::{Command, Config, Event, Server};
 use tracing::{debug, info, warn};
 
-use crate::driver::{Driver, DriverConfig};
-use crate::race::{Either, race};
 use crate::rt::TcpListener;
+use crate::serve::serve_machine;
 
 /// Serve the name relay on `listener` until the listener fails.
 ///
@@ -28,27 +26,8 @@ pub async fn serve_until(
     config: Config,
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let driver = Driver::spawn(Server::new(config), DriverConfig::default());
-    let adopted = driver.adopt_listener(listener).await?;
-    let mut stop = pin!(stop);
-    let outcome = loop {
-        let woke = race(stop.as_mut(), race(adopted.ended(), driver.next_event())).await;
-        match woke {
-            Either::Left(()) => break Ok(()),
-            Either::Right(Either::Left(Some(error))) => break Err(error),
-            Either::Right(Either::Left(None)) | Either::Right(Either::Right(None)) => {
-                break Err(io::Error::other("the relay's driver stopped"));
-            }
-            Either::Right(Either::Right(Some(event))) => log(&event),
-        }
-    };
-    // Shutdown closes every connection (their queued bytes get the linger time).
-    let _ = driver.command(Command::Shutdown).await;
-    driver.stop().await;
-    while let Some(event) = driver.next_event().await {
-        log(&event);
-    }
-    let server = driver.join().await;
+    let (outcome, server) =
+        serve_machine(Server::new(config), listener, Command::Shutdown, stop, log).await;
     let stats = server.stats();
     info!(
         frames = stats.frames_delivered,

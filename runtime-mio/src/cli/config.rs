@@ -10,12 +10,15 @@ use std::path::PathBuf;
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use ferry_core::name_relay::server::Config as NameRelayConfig;
+use ferry_core::ws_relay::Config as WsRelayConfig;
 use toml::{Table, Value};
 
-use super::daemon::{ServerSpec, supervise};
+use super::daemon::{ServerSpec, apply_ws_env, supervise};
 
 /// The name relay's port when the config does not say (the seed's).
 const NAME_RELAY_LISTEN: &str = "127.0.0.1:8080";
+/// The WebSocket relay's port when the config does not say (the seed's).
+const WS_RELAY_LISTEN: &str = "127.0.0.1:42102";
 
 /// `ferry up`.
 #[derive(Debug, Args)]
@@ -58,8 +61,19 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<ServerSpec>> {
             config,
         });
     }
+    if let Some(section) = Section::take(&mut root, "ws_relay", WS_RELAY_LISTEN)? {
+        let mut config: WsRelayConfig = section
+            .rest
+            .try_into()
+            .map_err(|e| anyhow!("[ws_relay]: {e}"))?;
+        apply_ws_env(&mut config);
+        specs.push(ServerSpec::WsRelay {
+            listen: section.listen,
+            config,
+        });
+    }
     if let Some(unknown) = root.keys().next() {
-        bail!("unknown section [{unknown}]; known: [name_relay]");
+        bail!("unknown section [{unknown}]; known: [name_relay], [ws_relay]");
     }
     Ok(specs)
 }
@@ -104,12 +118,20 @@ mod tests {
     #[test]
     fn empty_config_starts_every_server_at_its_default() {
         let specs = parse("").expect("parses");
+        let mut ws = WsRelayConfig::default();
+        apply_ws_env(&mut ws);
         assert_eq!(
             specs,
-            vec![ServerSpec::NameRelay {
-                listen: NAME_RELAY_LISTEN.parse().expect("addr"),
-                config: NameRelayConfig::default(),
-            }]
+            vec![
+                ServerSpec::NameRelay {
+                    listen: NAME_RELAY_LISTEN.parse().expect("addr"),
+                    config: NameRelayConfig::default(),
+                },
+                ServerSpec::WsRelay {
+                    listen: WS_RELAY_LISTEN.parse().expect("addr"),
+                    config: ws,
+                },
+            ]
         );
     }
 
@@ -119,7 +141,9 @@ mod tests {
             "[name_relay]\nlisten = \"0.0.0.0:9000\"\nidle_timeout = 2.5\nmax_connections = 7\n",
         )
         .expect("parses");
-        let ServerSpec::NameRelay { listen, config } = &specs[0];
+        let ServerSpec::NameRelay { listen, config } = &specs[0] else {
+            panic!("the name relay comes first: {specs:?}");
+        };
         assert_eq!(listen.port(), 9000);
         assert_eq!(config.idle_timeout, Duration::from_millis(2500));
         assert_eq!(config.max_connections, 7);
@@ -128,11 +152,27 @@ mod tests {
 
     #[test]
     fn disabled_section_starts_nothing() {
-        assert!(
-            parse("[name_relay]\nenabled = false\n")
-                .expect("parses")
-                .is_empty()
-        );
+        let both_off = "[name_relay]\nenabled = false\n[ws_relay]\nenabled = false\n";
+        assert!(parse(both_off).expect("parses").is_empty());
+        let specs = parse("[name_relay]\nenabled = false\n").expect("parses");
+        assert!(matches!(specs.as_slice(), [ServerSpec::WsRelay { .. }]));
+    }
+
+    #[test]
+    fn ws_relay_section_reads_its_config() {
+        let specs = parse(
+            "[name_relay]\nenabled = false\n[ws_relay]\nlisten = \"127.0.0.1:9100\"\nping_interval = 5\nallowed_origins = [\"http://a\"]\n",
+        )
+        .expect("parses");
+        let [ServerSpec::WsRelay { listen, config }] = specs.as_slice() else {
+            panic!("{specs:?}");
+        };
+        assert_eq!(listen.port(), 9100);
+        assert_eq!(config.ping_interval, Duration::from_secs(5));
+        if std::env::var_os("ALLOWED_ORIGINS").is_none() {
+            assert_eq!(config.allowed_origins, Some(vec!["http://a".to_owned()]));
+        }
+        assert!(parse("[ws_relay]\npign_interval = 5\n").is_err());
     }
 
     #[test]
@@ -145,6 +185,6 @@ mod tests {
     #[test]
     fn the_example_config_parses() {
         let text = include_str!("../../ferry.example.toml");
-        assert_eq!(parse(text).expect("parses").len(), 1);
+        assert_eq!(parse(text).expect("parses").len(), 2);
     }
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
+use ferry_core::Machine;
 use ferry_core::name_relay::server::{CloseReason, Command, Config, Event, Server};
+use ferry_core::ws_relay;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -75,6 +77,72 @@ impl NameRelayArgs {
     }
 }
 
+/// `ferry ws-relay`.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:
+  ADMIN_SECRET=s3cret ALLOWED_ORIGINS=http://localhost:8000 ferry ws-relay --listen 127.0.0.1:42102
+  # a browser in the allowed origin then connects with:
+  #   new WebSocket(\"ws://127.0.0.1:42102/v1?relayId=relay-1&peerId=peer-1\", [\"s3cret\"])
+
+Environment: ADMIN_SECRET (required as Sec-WebSocket-Protocol when set),
+ALLOWED_ORIGINS (comma-separated Origin values; others get 403).
+Prints `ws-relay listening on <ADDR>` on stdout once bound.")]
+pub struct WsRelayArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:42102", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Seconds between the relay's `ping` messages.
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_secs)]
+    ping_interval: Duration,
+    /// Seconds of silence after which a connection is closed as stale.
+    #[arg(long, default_value = "90", value_name = "SECS", value_parser = parse_secs)]
+    stale_timeout: Duration,
+    /// Largest message accepted, in bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    max_message: Option<usize>,
+    /// Bytes queued to one peer before it is closed as a slow consumer [default: 4194304].
+    #[arg(long, value_name = "BYTES")]
+    max_queued_bytes: Option<usize>,
+    /// Connections served at once [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+}
+
+impl WsRelayArgs {
+    /// The server these flags (and the environment) describe.
+    pub fn into_spec(self) -> ServerSpec {
+        let defaults = ws_relay::Config::default();
+        let mut config = ws_relay::Config {
+            ping_interval: self.ping_interval,
+            stale_timeout: self.stale_timeout,
+            max_message: self.max_message.unwrap_or(defaults.max_message),
+            max_queued_bytes: self.max_queued_bytes.unwrap_or(defaults.max_queued_bytes),
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            ..defaults
+        };
+        apply_ws_env(&mut config);
+        ServerSpec::WsRelay {
+            listen: self.listen,
+            config,
+        }
+    }
+}
+
+/// `ADMIN_SECRET` and `ALLOWED_ORIGINS`, as the seed names them, override a config
+/// file; an empty variable counts as unset.
+pub fn apply_ws_env(config: &mut ws_relay::Config) {
+    if let Ok(secret) = std::env::var("ADMIN_SECRET")
+        && !secret.is_empty()
+    {
+        config.admin_secret = Some(secret);
+    }
+    if let Ok(origins) = std::env::var("ALLOWED_ORIGINS")
+        && !origins.trim().is_empty()
+    {
+        config.allowed_origins = Some(ws_relay::Config::parse_origins(&origins));
+    }
+}
+
 /// A server to run, with its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerSpec {
@@ -85,36 +153,71 @@ pub enum ServerSpec {
         /// The server's tunables.
         config: Config,
     },
+    /// Seed 003, the WebSocket relay.
+    WsRelay {
+        /// Where to listen.
+        listen: SocketAddr,
+        /// The server's tunables.
+        config: ws_relay::Config,
+    },
 }
 
 impl ServerSpec {
     fn name(&self) -> &'static str {
         match self {
             ServerSpec::NameRelay { .. } => "name-relay",
+            ServerSpec::WsRelay { .. } => "ws-relay",
         }
     }
 
     fn start(self, notices: Sender<Notice>) -> io::Result<Running> {
         let name = self.name();
         match self {
-            ServerSpec::NameRelay { listen, config } => {
-                let handle = ferry_mio::spawn(Server::new(config), move |event| {
-                    name_relay_event(event, &notices);
-                })?;
-                handle.send(Command::Listen(listen))?;
-                let remote = handle.remote();
-                Ok(Running {
-                    name,
-                    stop: Box::new(move || {
-                        // Close every connection cleanly, then end the loop.
-                        let _ = remote.send(Command::Shutdown);
-                        remote.shutdown();
-                    }),
-                    join: Box::new(move || handle.join()),
-                })
-            }
+            ServerSpec::NameRelay { listen, config } => run_machine(
+                name,
+                Server::new(config),
+                [Command::Listen(listen), Command::Shutdown],
+                move |event| name_relay_event(event, &notices),
+            ),
+            ServerSpec::WsRelay { listen, config } => run_machine(
+                name,
+                ws_relay::Server::new(config),
+                [
+                    ws_relay::Command::Listen(listen),
+                    ws_relay::Command::Shutdown,
+                ],
+                move |event| ws_relay_event(event, &notices),
+            ),
         }
     }
+}
+
+/// Start `machine` on its own driver thread and send it `listen`; stopping sends
+/// it `shutdown` (close every connection cleanly), then ends the loop.
+fn run_machine<M>(
+    name: &'static str,
+    machine: M,
+    [listen, shutdown]: [M::Command; 2],
+    on_event: impl FnMut(M::Event) + Send + 'static,
+) -> io::Result<Running>
+where
+    M: Machine + Send + 'static,
+    M::Command: Send + 'static,
+{
+    let handle = ferry_mio::spawn(machine, on_event)?;
+    handle.send(listen)?;
+    let remote = handle.remote();
+    let shutdown = std::sync::Mutex::new(Some(shutdown));
+    Ok(Running {
+        name,
+        stop: Box::new(move || {
+            if let Some(command) = shutdown.lock().ok().and_then(|mut c| c.take()) {
+                let _ = remote.send(command);
+            }
+            remote.shutdown();
+        }),
+        join: Box::new(move || handle.join()),
+    })
 }
 
 /// What the supervisor hears about.
@@ -170,6 +273,52 @@ fn name_relay_event(event: Event, notices: &Sender<Notice>) {
             tracing::debug!(from = %from, dest = %dest, len, "frame for an unknown name dropped");
         }
         other => tracing::debug!(?other, "name relay event"),
+    }
+}
+
+fn ws_relay_event(event: ws_relay::Event, notices: &Sender<Notice>) {
+    use ws_relay::Event;
+    match event {
+        Event::Listening { local, .. } => {
+            tracing::info!(%local, "ws relay listening");
+            announce("ws-relay", local);
+        }
+        Event::ListenFailed { error, .. } => {
+            let _ = notices.send(Notice::Failed {
+                server: "ws-relay",
+                error,
+            });
+        }
+        Event::Rejected {
+            conn,
+            status,
+            reason,
+        } => {
+            tracing::info!(%conn, status, reason = %reason, "handshake refused");
+        }
+        Event::Joined {
+            conn,
+            relay_id,
+            peer_id,
+        } => {
+            tracing::info!(%conn, relay_id = %relay_id, peer_id = %peer_id, "joined");
+        }
+        Event::Left {
+            conn,
+            relay_id,
+            peer_id,
+            code,
+            reason,
+        } => match code {
+            Some(1008) => {
+                tracing::warn!(%conn, relay_id = %relay_id, peer_id = %peer_id, reason = %reason, "closed by the relay")
+            }
+            _ => {
+                tracing::info!(%conn, relay_id = %relay_id, peer_id = %peer_id, ?code, reason = %reason, "left")
+            }
+        },
+        Event::Dropped { conn, why } => tracing::debug!(%conn, why = %why, "message not relayed"),
+        other => tracing::debug!(?other, "ws relay event"),
     }
 }
 
