@@ -3,21 +3,24 @@
 client, Python's `websockets` library. Exits 0 when every scenario passes; on the
 first failure prints which requirement failed and exits 1.
 
-    ws_scenarios.py BASE_URL [--secret S] [--origin O --bad-origin B]
+    ws_scenarios.py BASE_URL [--secret S] [--origin O --bad-origin B] [--cafile PEM]
 
 BASE_URL is e.g. ws://127.0.0.1:42102. With --secret, the relay must have been
-started with that ADMIN_SECRET; with --origin, with ALLOWED_ORIGINS=O.
+started with that ADMIN_SECRET; with --origin, with ALLOWED_ORIGINS=O. With
+--cafile (for a wss:// BASE_URL), the server certificate is verified against PEM.
 """
 
 import argparse
 import contextlib
 import json
+import ssl
 import sys
 
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 QUIET = 0.3  # seconds of silence that count as "nothing arrives"
+TLS = {}  # connect()'s ssl= argument, set by --cafile
 
 
 def fail(req, message):
@@ -37,6 +40,7 @@ class Peers:
                 subprotocols=[self.secret] if self.secret else None,
                 origin=self.origin,
                 open_timeout=5,
+                **TLS,
             )
         )
 
@@ -63,7 +67,7 @@ def expect_silence(ws, req):
 
 def expect_status(base, path, status, req, **kwargs):
     try:
-        with connect(base + path, open_timeout=5, **kwargs):
+        with connect(base + path, open_timeout=5, **TLS, **kwargs):
             pass
     except InvalidStatus as e:
         if e.response.status_code != status:
@@ -128,7 +132,10 @@ def main():
     parser.add_argument("--secret")
     parser.add_argument("--origin")
     parser.add_argument("--bad-origin", default="http://evil.example")
+    parser.add_argument("--cafile")
     args = parser.parse_args()
+    if args.cafile:
+        TLS["ssl"] = ssl.create_default_context(cafile=args.cafile)
     handshakes(args.base, args.secret, args.origin, args.bad_origin)
     rooms(args.base, args.secret, args.origin)
     print("ok")

@@ -355,6 +355,7 @@ impl<M: Machine> Driver<M> {
             while let Some(action) = self.machine.poll_action() {
                 self.sockets.execute(action);
             }
+            self.sockets.flush_unsent();
             while let Some(event) = self.machine.poll_event() {
                 on_event(event);
             }

@@ -3,7 +3,8 @@
 //! One generic [`driver`] executes the IO vocabulary of [`ferry_core::io`] for
 //! any [`Machine`](ferry_core::io::Machine) over mio: listeners, TCP streams,
 //! pipes, UDP sockets and timers, on one event-loop thread. The `ferry` binary
-//! of this crate runs the protocol servers and clients on it.
+//! of this crate runs the protocol servers and clients on it. [`tls::TlsServer`]
+//! wraps any machine to serve TLS on the connections it accepts (rustls).
 //!
 //! ```no_run
 //! use ferry_core::name_relay::server::{Command, Config, Event, Server};
@@ -23,5 +24,6 @@
 //! ```
 
 pub mod driver;
+pub mod tls;
 
 pub use driver::{Driver, Handle, Remote, run, spawn};

@@ -1,7 +1,8 @@
 //! `ferry up`: every server from one TOML file (see `ferry.example.toml`).
 //!
 //! Each server has a section named after it. `enabled` (default `true`) and
-//! `listen` belong to the runtime; every other key is the protocol machine's own
+//! `listen` belong to the runtime, and so do `[ws_relay]`'s `tls_cert` and
+//! `tls_key` (PEM paths, both or neither: serve `wss://`); every other key is the protocol machine's own
 //! `Config` (durations in seconds), parsed by that type so unknown keys are errors.
 
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use ferry_core::name_relay::server::Config as NameRelayConfig;
 use ferry_core::ws_relay::Config as WsRelayConfig;
 use toml::{Table, Value};
 
-use super::daemon::{ServerSpec, apply_ws_env, supervise};
+use super::daemon::{ServerSpec, TlsFiles, apply_ws_env, supervise};
 
 /// The name relay's port when the config does not say (the seed's).
 const NAME_RELAY_LISTEN: &str = "127.0.0.1:8080";
@@ -61,7 +62,8 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<ServerSpec>> {
             config,
         });
     }
-    if let Some(section) = Section::take(&mut root, "ws_relay", WS_RELAY_LISTEN)? {
+    if let Some(mut section) = Section::take(&mut root, "ws_relay", WS_RELAY_LISTEN)? {
+        let tls = take_tls(&mut section.rest)?;
         let mut config: WsRelayConfig = section
             .rest
             .try_into()
@@ -70,12 +72,27 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<ServerSpec>> {
         specs.push(ServerSpec::WsRelay {
             listen: section.listen,
             config,
+            tls,
         });
     }
     if let Some(unknown) = root.keys().next() {
         bail!("unknown section [{unknown}]; known: [name_relay], [ws_relay]");
     }
     Ok(specs)
+}
+
+/// `[ws_relay]`'s `tls_cert` and `tls_key`, taken out of the section.
+fn take_tls(rest: &mut Table) -> anyhow::Result<Option<TlsFiles>> {
+    let mut path = |key: &str| match rest.remove(key) {
+        Some(Value::String(path)) => Ok(Some(PathBuf::from(path))),
+        Some(_) => bail!("[ws_relay] {key} must be a string (a PEM file's path)"),
+        None => Ok(None),
+    };
+    match (path("tls_cert")?, path("tls_key")?) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        _ => bail!("[ws_relay] tls_cert and tls_key go together: set both or neither"),
+    }
 }
 
 /// One server's section, with the runtime's keys taken out.
@@ -130,6 +147,7 @@ mod tests {
                 ServerSpec::WsRelay {
                     listen: WS_RELAY_LISTEN.parse().expect("addr"),
                     config: ws,
+                    tls: None,
                 },
             ]
         );
@@ -164,15 +182,42 @@ mod tests {
             "[name_relay]\nenabled = false\n[ws_relay]\nlisten = \"127.0.0.1:9100\"\nping_interval = 5\nallowed_origins = [\"http://a\"]\n",
         )
         .expect("parses");
-        let [ServerSpec::WsRelay { listen, config }] = specs.as_slice() else {
+        let [
+            ServerSpec::WsRelay {
+                listen,
+                config,
+                tls,
+            },
+        ] = specs.as_slice()
+        else {
             panic!("{specs:?}");
         };
         assert_eq!(listen.port(), 9100);
         assert_eq!(config.ping_interval, Duration::from_secs(5));
+        assert_eq!(*tls, None);
         if std::env::var_os("ALLOWED_ORIGINS").is_none() {
             assert_eq!(config.allowed_origins, Some(vec!["http://a".to_owned()]));
         }
         assert!(parse("[ws_relay]\npign_interval = 5\n").is_err());
+    }
+
+    #[test]
+    fn ws_relay_tls_keys_belong_to_the_runtime() {
+        let specs = parse(
+            "[name_relay]\nenabled = false\n[ws_relay]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nping_interval = 5\n",
+        )
+        .expect("parses");
+        let [ServerSpec::WsRelay { tls, .. }] = specs.as_slice() else {
+            panic!("{specs:?}");
+        };
+        let files = TlsFiles {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        };
+        assert_eq!(tls.as_ref(), Some(&files));
+        assert!(parse("[ws_relay]\ntls_cert = \"c.pem\"\n").is_err());
+        assert!(parse("[ws_relay]\ntls_key = \"k.pem\"\n").is_err());
+        assert!(parse("[ws_relay]\ntls_cert = 1\ntls_key = \"k.pem\"\n").is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::mpsc::{Sender, channel};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use clap::Args;
 use ferry_core::Machine;
 use ferry_core::name_relay::server::{CloseReason, Command, Config, Event, Server};
 use ferry_core::ws_relay;
+use ferry_mio::tls::TlsServer;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -83,6 +85,7 @@ impl NameRelayArgs {
   ADMIN_SECRET=s3cret ALLOWED_ORIGINS=http://localhost:8000 ferry ws-relay --listen 127.0.0.1:42102
   # a browser in the allowed origin then connects with:
   #   new WebSocket(\"ws://127.0.0.1:42102/v1?relayId=relay-1&peerId=peer-1\", [\"s3cret\"])
+  ferry ws-relay --tls-cert cert.pem --tls-key key.pem   # serves wss:// (WS-16)
 
 Environment: ADMIN_SECRET (required as Sec-WebSocket-Protocol when set),
 ALLOWED_ORIGINS (comma-separated Origin values; others get 403).
@@ -106,6 +109,12 @@ pub struct WsRelayArgs {
     /// Connections served at once [default: 10000].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// Serve wss://: the PEM certificate chain (needs --tls-key).
+    #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Serve wss://: the PEM private key (needs --tls-cert).
+    #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl WsRelayArgs {
@@ -121,9 +130,14 @@ impl WsRelayArgs {
             ..defaults
         };
         apply_ws_env(&mut config);
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            _ => None, // clap requires both or neither
+        };
         ServerSpec::WsRelay {
             listen: self.listen,
             config,
+            tls,
         }
     }
 }
@@ -143,6 +157,15 @@ pub fn apply_ws_env(config: &mut ws_relay::Config) {
     }
 }
 
+/// The PEM files that make a server speak TLS (WS-16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+}
+
 /// A server to run, with its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerSpec {
@@ -159,6 +182,8 @@ pub enum ServerSpec {
         listen: SocketAddr,
         /// The server's tunables.
         config: ws_relay::Config,
+        /// `Some`: serve `wss://` with these files, through [`ferry_mio::tls::TlsServer`].
+        tls: Option<TlsFiles>,
     },
 }
 
@@ -179,15 +204,36 @@ impl ServerSpec {
                 [Command::Listen(listen), Command::Shutdown],
                 move |event| name_relay_event(event, &notices),
             ),
-            ServerSpec::WsRelay { listen, config } => run_machine(
+            ServerSpec::WsRelay {
+                listen,
+                config,
+                tls: None,
+            } => run_machine(
                 name,
                 ws_relay::Server::new(config),
                 [
                     ws_relay::Command::Listen(listen),
                     ws_relay::Command::Shutdown,
                 ],
-                move |event| ws_relay_event(event, &notices),
+                move |event| ws_relay_event(event, false, &notices),
             ),
+            ServerSpec::WsRelay {
+                listen,
+                config,
+                tls: Some(files),
+            } => {
+                let tls = ferry_mio::tls::server_config(&files.cert, &files.key)
+                    .map_err(io::Error::other)?;
+                run_machine(
+                    name,
+                    TlsServer::new(ws_relay::Server::new(config), tls),
+                    [
+                        ws_relay::Command::Listen(listen),
+                        ws_relay::Command::Shutdown,
+                    ],
+                    move |event| ws_relay_event(event, true, &notices),
+                )
+            }
         }
     }
 }
@@ -276,11 +322,11 @@ fn name_relay_event(event: Event, notices: &Sender<Notice>) {
     }
 }
 
-fn ws_relay_event(event: ws_relay::Event, notices: &Sender<Notice>) {
+fn ws_relay_event(event: ws_relay::Event, tls: bool, notices: &Sender<Notice>) {
     use ws_relay::Event;
     match event {
         Event::Listening { local, .. } => {
-            tracing::info!(%local, "ws relay listening");
+            tracing::info!(%local, tls, "ws relay listening");
             announce("ws-relay", local);
         }
         Event::ListenFailed { error, .. } => {

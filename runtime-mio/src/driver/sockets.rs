@@ -113,6 +113,9 @@ pub(super) struct Sockets {
     pub(super) pending: VecDeque<OwnedInput>,
     /// Connections with written bytes not yet reported as `Flushed`.
     pub(super) dirty: Vec<ConnId>,
+    /// Connections given bytes by this drain's `Send`s, written once it ends:
+    /// one `writev` per connection per drain, not one `write` per `Send`.
+    pub(super) unsent: Vec<ConnId>,
     /// Tokens to serve without waiting for an edge.
     pub(super) ready: VecDeque<Token>,
     pub(super) retry_accept: Vec<(Instant, Token)>,
@@ -133,6 +136,7 @@ impl Sockets {
             buf: vec![0; READ_BUFFER_SIZE],
             pending: VecDeque::new(),
             dirty: Vec::new(),
+            unsent: Vec::new(),
             ready: VecDeque::new(),
             retry_accept: Vec::new(),
             tun_warned: false,
@@ -310,8 +314,17 @@ impl Sockets {
         if !matches!(conn.state, ConnState::Piped(_)) {
             conn.unflushed += data.len();
         }
+        // An empty queue means no writable edge is awaited: write after the drain.
+        // A queue that holds bytes is already listed, or waits for that edge.
+        if conn.out.is_empty() && conn.state != ConnState::Connecting {
+            self.unsent.push(id);
+        }
         conn.out.push(data);
-        if conn.state != ConnState::Connecting {
+    }
+
+    /// Write what this drain's `Send`s queued (see `unsent`).
+    pub(super) fn flush_unsent(&mut self) {
+        for id in std::mem::take(&mut self.unsent) {
             self.flush(id);
         }
     }
