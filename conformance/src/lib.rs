@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test infrastructure: failing loudly is the point
 
 pub mod clients;
+pub mod daemon;
 pub mod puppet;
 pub mod scenarios;
 pub mod served;

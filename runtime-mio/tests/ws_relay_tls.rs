@@ -1,14 +1,14 @@
 //! WS-16: `ferry ws-relay --tls-cert --tls-key` serves `wss://`, driven by
 //! Python's `websockets` verifying a self-signed certificate made for the test.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ferry_conformance::clients::ws_scenarios;
+use ferry_conformance::daemon::Daemon;
 
 /// A self-signed certificate for 127.0.0.1 and its key, as PEM files in a
 /// temp directory of their own (removed on drop).
@@ -54,50 +54,16 @@ fn ferry(pem: &Pem, env: &[(&str, &str)]) -> Command {
     command
 }
 
-/// A `ferry ws-relay` with TLS on a loopback port, killed on drop.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Daemon {
-    fn start(pem: &Pem, env: &[(&str, &str)]) -> Self {
-        let mut child = ferry(pem, env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ferry ws-relay");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(15))
-            .expect("ferry ws-relay prints where it listens");
-        let addr = line
-            .strip_prefix("ws-relay listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("an address");
-        Self { child, addr }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `ferry ws-relay` with TLS on a loopback port.
+fn start(pem: &Pem, env: &[(&str, &str)]) -> Daemon {
+    Daemon::spawn(ferry(pem, env), "ws-relay")
 }
 
 /// WS-16 with WS-1, WS-2, WS-6, WS-7, WS-8 in open rooms, over wss://.
 #[test]
 fn ws16_python_websockets_over_wss() {
     let pem = Pem::new("open");
-    let relay = Daemon::start(&pem, &[]);
+    let relay = start(&pem, &[]);
     let cafile = pem.cert.to_str().expect("a UTF-8 temp path");
     ws_scenarios(
         &format!("wss://127.0.0.1:{}", relay.addr.port()),
@@ -109,7 +75,7 @@ fn ws16_python_websockets_over_wss() {
 #[test]
 fn ws16_secret_and_origins_over_wss() {
     let pem = Pem::new("secret");
-    let relay = Daemon::start(
+    let relay = start(
         &pem,
         &[
             ("ADMIN_SECRET", "s3cret"),
@@ -135,7 +101,7 @@ fn ws16_secret_and_origins_over_wss() {
 #[test]
 fn ws16_plain_ws_on_the_tls_port_is_not_upgraded() {
     let pem = Pem::new("plain");
-    let relay = Daemon::start(&pem, &[]);
+    let relay = start(&pem, &[]);
     let mut stream = TcpStream::connect(relay.addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
