@@ -42,11 +42,7 @@ pub mod ws_relay;
 #[doc(hidden)]
 pub mod serde_secs;
 
-pub use io::{Action, ConnId, Input, ListenerId, Machine, SocketId};
-
-/// An arbitrary epoch for unit tests; the core itself never reads the clock.
 #[cfg(test)]
-#[allow(clippy::disallowed_methods)]
-pub(crate) fn test_epoch() -> std::time::Instant {
-    std::time::Instant::now()
-}
+pub(crate) mod testing;
+
+pub use io::{Action, ConnId, Input, ListenerId, Machine, SocketId};

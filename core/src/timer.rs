@@ -83,7 +83,7 @@ mod tests {
 
     #[test]
     fn expires_in_deadline_order_and_moves_on_reset() {
-        let t0 = crate::test_epoch();
+        let t0 = crate::testing::test_epoch();
         let mut timers = Timers::new();
         timers.set(1u32, t0 + Duration::from_secs(3));
         timers.set(2u32, t0 + Duration::from_secs(1));
@@ -99,7 +99,7 @@ mod tests {
 
     #[test]
     fn cancel_forgets() {
-        let t0 = crate::test_epoch();
+        let t0 = crate::testing::test_epoch();
         let mut timers = Timers::new();
         timers.set(7u8, t0);
         timers.cancel(7);

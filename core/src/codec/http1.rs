@@ -167,30 +167,47 @@ impl fmt::Display for Version {
 /// value's bytes, without surrounding whitespace.
 pub type HeaderField = (String, Vec<u8>);
 
-/// Header lookups shared by [`RequestHead`] and [`ResponseHead`]. Names compare
-/// ASCII-case-insensitively, as HTTP requires.
-fn find_all<'a>(headers: &'a [HeaderField], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-    headers
-        .iter()
-        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
+/// Give a parsed head (a type with `headers: Vec<HeaderField>`) its header
+/// lookups. Names compare ASCII-case-insensitively, as HTTP requires.
+macro_rules! header_lookups {
+    ($head:ty) => {
+        impl $head {
+            /// The value of the first `name` field (case-insensitive), if any.
+            pub fn header(&self, name: &str) -> Option<&[u8]> {
+                self.headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.as_slice())
+            }
+
+            /// The value of the first `name` field as text; `None` if absent or not UTF-8.
+            pub fn header_str(&self, name: &str) -> Option<&str> {
+                self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+            }
+
+            /// The values of every `name` field, in order.
+            pub fn headers_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+                self.headers
+                    .iter()
+                    .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.as_slice())
+            }
+
+            /// True if a `name` field lists `token` (comma-separated, case-insensitive),
+            /// e.g. `has_token("Connection", "upgrade")` for `Connection: keep-alive, Upgrade`.
+            pub fn has_token(&self, name: &str, token: &str) -> bool {
+                self.headers_all(name).any(|value| {
+                    value
+                        .split(|&b| b == b',')
+                        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+                })
+            }
+        }
+    };
 }
 
-fn find_first<'a>(headers: &'a [HeaderField], name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
-}
-
-/// True if any `name` field holds `token` in its comma-separated list.
-fn contains_token(headers: &[HeaderField], name: &str, token: &str) -> bool {
-    find_all(headers, name).any(|value| {
-        value
-            .split(|&b| b == b',')
-            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
-}
+header_lookups!(RequestHead);
+header_lookups!(ResponseHead);
 
 /// A request head (start line and header fields), owned.
 ///
@@ -210,27 +227,6 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
-    /// The value of the first `name` field (case-insensitive), if any.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        find_first(&self.headers, name)
-    }
-
-    /// The value of the first `name` field as text; `None` if absent or not UTF-8.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    /// The values of every `name` field, in order.
-    pub fn headers_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        find_all(&self.headers, name)
-    }
-
-    /// True if a `name` field lists `token` (comma-separated, case-insensitive),
-    /// e.g. `has_token("Connection", "upgrade")` for `Connection: keep-alive, Upgrade`.
-    pub fn has_token(&self, name: &str, token: &str) -> bool {
-        contains_token(&self.headers, name, token)
-    }
-
     /// The target without its query (and fragment), not percent-decoded: `/v1`.
     pub fn path(&self) -> &str {
         let end = self.target.find(['?', '#']).unwrap_or(self.target.len());
@@ -328,26 +324,6 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
-    /// The value of the first `name` field (case-insensitive), if any.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        find_first(&self.headers, name)
-    }
-
-    /// The value of the first `name` field as text; `None` if absent or not UTF-8.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    /// The values of every `name` field, in order.
-    pub fn headers_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        find_all(&self.headers, name)
-    }
-
-    /// True if a `name` field lists `token` (comma-separated, case-insensitive).
-    pub fn has_token(&self, name: &str, token: &str) -> bool {
-        contains_token(&self.headers, name, token)
-    }
-
     /// The `Content-Length`, if present and a plain decimal number.
     pub fn content_length(&self) -> Option<u64> {
         let value = self.header("Content-Length")?;
@@ -488,14 +464,50 @@ fn put_target(target: &str, out: &mut Vec<u8>) {
     }
 }
 
-fn put_headers(headers: &[(String, String)], out: &mut Vec<u8>) {
+/// Write the header fields, a `Content-Length` for `body` if `add_length` and
+/// the caller did not frame the body itself, the blank line, then `body`.
+fn put_fields_and_body(
+    headers: &[(String, String)],
+    body: &[u8],
+    add_length: bool,
+    out: &mut Vec<u8>,
+) {
     for (name, value) in headers {
         put_token(name, out);
         out.extend_from_slice(b": ");
         put_text(value, out);
         out.extend_from_slice(b"\r\n");
     }
+    if add_length && !has_framing(headers) {
+        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
 }
+
+/// Give a message to encode (a type with `headers: Vec<(String, String)>` and
+/// `body: Vec<u8>`) its `with_header` and `with_body` builders; `$what` names it
+/// in their docs.
+macro_rules! message_builders {
+    ($message:ty, $what:literal) => {
+        impl $message {
+            #[doc = concat!("This ", $what, " with `name: value` appended to its header fields.")]
+            pub fn with_header(mut self, name: &str, value: &str) -> Self {
+                self.headers.push((name.to_owned(), value.to_owned()));
+                self
+            }
+
+            #[doc = concat!("This ", $what, " with `body`.")]
+            pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+                self.body = body.into();
+                self
+            }
+        }
+    };
+}
+
+message_builders!(Response, "response");
+message_builders!(Request, "request");
 
 /// True if the caller already framed the body.
 fn has_framing(headers: &[(String, String)]) -> bool {
@@ -559,18 +571,6 @@ impl Response {
         response
     }
 
-    /// This response with `name: value` appended to its header fields.
-    pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// This response with `body`.
-    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
-        self.body = body.into();
-        self
-    }
-
     /// This response with `version` (e.g. [`Version::Http10`]).
     pub fn with_version(mut self, version: Version) -> Self {
         self.version = version;
@@ -598,13 +598,8 @@ impl Response {
         out.extend_from_slice(format!("{} {status:03} ", self.version).as_bytes());
         put_text(&self.reason, out);
         out.extend_from_slice(b"\r\n");
-        put_headers(&self.headers, out);
         let bodiless = status < 200 || status == 204 || status == 304;
-        if !bodiless && !has_framing(&self.headers) {
-            out.extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
+        put_fields_and_body(&self.headers, &self.body, !bodiless, out);
     }
 }
 
@@ -635,18 +630,6 @@ impl Request {
         }
     }
 
-    /// This request with `name: value` appended to its header fields.
-    pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// This request with `body`.
-    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
-        self.body = body.into();
-        self
-    }
-
     /// Append the request, head then body, to `out`.
     ///
     /// `Content-Length` is added when the body is not empty and no
@@ -659,12 +642,7 @@ impl Request {
         out.push(b' ');
         put_target(&self.target, out);
         out.extend_from_slice(format!(" {}\r\n", self.version).as_bytes());
-        put_headers(&self.headers, out);
-        if !self.body.is_empty() && !has_framing(&self.headers) {
-            out.extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
+        put_fields_and_body(&self.headers, &self.body, !self.body.is_empty(), out);
     }
 }
 

@@ -263,7 +263,7 @@ mod tests {
     }
 
     fn connected(name: &[u8]) -> (Client, Instant) {
-        let now = crate::test_epoch();
+        let now = crate::testing::test_epoch();
         let relay = "127.0.0.1:8080".parse().unwrap();
         let mut c = Client::new(name, relay, ClientConfig::default()).unwrap();
         assert_eq!(

@@ -1,56 +1,15 @@
 //! Machine tests of the name relay server: inputs in, actions out, no sockets.
 use super::*;
-use crate::io::ListenerId;
+use crate::testing::{Harness, LISTENER as L, assert_listens};
 
-const L: ListenerId = ListenerId(1);
-
-struct Harness {
-    server: Server,
-    now: Instant,
-}
-
-impl Harness {
+impl Harness<Server> {
     fn new(config: Config) -> Self {
-        Self {
-            server: Server::new(config),
-            now: crate::test_epoch(),
-        }
-    }
-    fn input(&mut self, input: Input<'_>) -> Vec<Action> {
-        self.server.handle_input(input, self.now);
-        self.drain()
-    }
-    fn drain(&mut self) -> Vec<Action> {
-        std::iter::from_fn(|| self.server.poll_action()).collect()
-    }
-    fn events(&mut self) -> Vec<Event> {
-        std::iter::from_fn(|| self.server.poll_event()).collect()
-    }
-    fn accept(&mut self, id: u64) -> ConnId {
-        let conn = ConnId(id);
-        let peer = "127.0.0.1:1".parse().unwrap();
-        assert!(
-            self.input(Input::Accepted {
-                listener: L,
-                conn,
-                peer
-            })
-            .is_empty()
-        );
-        conn
-    }
-    fn recv(&mut self, conn: ConnId, data: &[u8]) -> Vec<Action> {
-        self.input(Input::Received { conn, data })
+        Self::with_machine(Server::new(config))
     }
     fn named(&mut self, id: u64, name: &str) -> ConnId {
         let conn = self.accept(id);
         assert!(self.recv(conn, format!("{name}|").as_bytes()).is_empty());
         conn
-    }
-    fn advance(&mut self, by: Duration) -> Vec<Action> {
-        self.now += by;
-        self.server.handle_timeout(self.now);
-        self.drain()
     }
 }
 
@@ -70,7 +29,7 @@ fn nr6_frame_is_delivered_with_the_sender_name() {
         h.recv(b, b"device_a|5|hello"),
         vec![send(a, b"device_b|5|hello")]
     );
-    assert_eq!(h.server.stats().frames_delivered, 1);
+    assert_eq!(h.machine.stats().frames_delivered, 1);
 }
 
 #[test]
@@ -93,7 +52,7 @@ fn nr7_duplicate_name_closes_the_newcomer_only() {
     let a = h.named(1, "a");
     let dup = h.accept(2);
     assert_eq!(h.recv(dup, b"a|b|1|x"), vec![Action::Close { conn: dup }]);
-    assert_eq!(h.server.holder_of(b"a"), Some(a));
+    assert_eq!(h.machine.holder_of(b"a"), Some(a));
     let events = h.events();
     assert!(events.iter().any(|e| matches!(e, Event::Closed { conn, reason: CloseReason::DuplicateName(_), .. } if *conn == dup)));
 }
@@ -104,7 +63,7 @@ fn nr8_unknown_destination_is_consumed_and_counted() {
     let a = h.named(1, "a");
     let b = h.named(2, "b");
     assert_eq!(h.recv(a, b"nobody|3|xyzb|1|!"), vec![send(b, b"a|1|!")]);
-    assert_eq!(h.server.stats().frames_dropped, 1);
+    assert_eq!(h.machine.stats().frames_dropped, 1);
 }
 
 #[test]
@@ -114,7 +73,7 @@ fn nr10_keepalive_delivers_nothing_and_resets_idle() {
     assert!(h.advance(Duration::from_secs(25)).is_empty());
     assert!(h.recv(a, b"a|0|").is_empty());
     assert!(h.advance(Duration::from_secs(25)).is_empty());
-    assert_eq!(h.server.stats().keepalives, 1);
+    assert_eq!(h.machine.stats().keepalives, 1);
     assert_eq!(
         h.advance(Duration::from_secs(6)),
         vec![Action::Close { conn: a }]
@@ -142,7 +101,7 @@ fn nr9_idle_connection_closes() {
         h.advance(Duration::from_millis(1)),
         vec![Action::Close { conn: a }]
     );
-    assert_eq!(h.server.holder_of(b"a"), None);
+    assert_eq!(h.machine.holder_of(b"a"), None);
 }
 
 #[test]
@@ -203,7 +162,7 @@ fn nr12_receiver_leaving_releases_its_senders() {
         h.input(Input::Closed { conn: a }),
         vec![Action::ResumeRead { conn: b }]
     );
-    assert_eq!(h.server.stats().frames_dropped, 1);
+    assert_eq!(h.machine.stats().frames_dropped, 1);
 }
 
 #[test]
@@ -238,14 +197,14 @@ fn nr12_a_split_frame_is_held_in_one_exact_buffer() {
     for chunk in rest.chunks(997) {
         assert!(h.recv(b, chunk).is_empty());
         assert!(
-            h.server.held_input_bytes() <= 100_000 + 300,
+            h.machine.held_input_bytes() <= 100_000 + 300,
             "{}",
-            h.server.held_input_bytes()
+            h.machine.held_input_bytes()
         );
     }
     assert_eq!(h.recv(b, &[*last]).len(), 1);
     assert_eq!(
-        h.server.held_input_bytes(),
+        h.machine.held_input_bytes(),
         0,
         "the big buffer is freed once empty"
     );
@@ -259,9 +218,9 @@ fn nr12_an_announced_length_reserves_nothing_up_front() {
     assert!(h.recv(b, b"a|16000000|x").is_empty());
     assert!(h.recv(b, b"yz").is_empty());
     assert!(
-        h.server.held_input_bytes() < 4096,
+        h.machine.held_input_bytes() < 4096,
         "{}",
-        h.server.held_input_bytes()
+        h.machine.held_input_bytes()
     );
 }
 
@@ -312,7 +271,7 @@ fn nr14_a_name_is_free_again_after_its_holder_leaves() {
     let a = h.named(1, "a");
     assert!(h.input(Input::Closed { conn: a }).is_empty());
     let again = h.named(2, "a");
-    assert_eq!(h.server.holder_of(b"a"), Some(again));
+    assert_eq!(h.machine.holder_of(b"a"), Some(again));
 }
 
 #[test]
@@ -326,12 +285,5 @@ fn nr15_a_frame_to_oneself_with_payload_comes_back() {
 fn listen_command_asks_for_a_core_allocated_listener() {
     let mut h = Harness::new(Config::default());
     let addr = "127.0.0.1:8080".parse().unwrap();
-    h.server.handle_command(Command::Listen(addr), h.now);
-    match h.drain().as_slice() {
-        [Action::Listen { listener, addr: a }] => {
-            assert!(listener.is_core_allocated());
-            assert_eq!(*a, addr);
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_listens(&h.command(Command::Listen(addr)), addr);
 }

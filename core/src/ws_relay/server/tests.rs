@@ -3,17 +3,12 @@
 use super::*;
 use crate::codec::http1::{Request, ResponseHead, Version, parse_response_head};
 use crate::codec::websocket::{OpCode, encode_frame};
+use crate::testing::{Harness, LISTENER as L, assert_listens};
 use quickcheck::{Arbitrary, Gen, QuickCheck};
 
-const L: ListenerId = ListenerId(1);
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-
-struct Harness {
-    server: Server,
-    now: Instant,
-}
 
 /// A valid upgrade request for `target`.
 fn request(target: &str) -> Request {
@@ -112,38 +107,9 @@ fn status(actions: &[Action]) -> u16 {
     http(actions).0.status
 }
 
-impl Harness {
+impl Harness<Server> {
     fn new(config: Config) -> Self {
-        Self {
-            server: Server::new(config),
-            now: crate::test_epoch(),
-        }
-    }
-    fn input(&mut self, input: Input<'_>) -> Vec<Action> {
-        self.server.handle_input(input, self.now);
-        self.drain()
-    }
-    fn drain(&mut self) -> Vec<Action> {
-        std::iter::from_fn(|| self.server.poll_action()).collect()
-    }
-    fn events(&mut self) -> Vec<Event> {
-        std::iter::from_fn(|| self.server.poll_event()).collect()
-    }
-    fn accept(&mut self, id: u64) -> ConnId {
-        let conn = ConnId(id);
-        let peer = "127.0.0.1:1".parse().unwrap();
-        assert!(
-            self.input(Input::Accepted {
-                listener: L,
-                conn,
-                peer
-            })
-            .is_empty()
-        );
-        conn
-    }
-    fn recv(&mut self, conn: ConnId, data: &[u8]) -> Vec<Action> {
-        self.input(Input::Received { conn, data })
+        Self::with_machine(Server::new(config))
     }
     /// Accept `id` and send `head`; the server's answer.
     fn handshake(&mut self, id: u64, head: &[u8]) -> Vec<Action> {
@@ -163,11 +129,6 @@ impl Harness {
         let bytes = data.len();
         self.input(Input::Flushed { conn, bytes });
         conn
-    }
-    fn advance(&mut self, by: Duration) -> Vec<Action> {
-        self.now += by;
-        self.server.handle_timeout(self.now);
-        self.drain()
     }
     fn flush_all(&mut self, actions: &[Action]) {
         for action in actions {
@@ -190,7 +151,7 @@ fn ws1_other_path_gets_404() {
     assert_eq!(actions.len(), 2);
     assert_eq!(status(&actions), 404);
     assert!(closed(&actions, ConnId(1)));
-    assert_eq!(h.server.stats().rejected, 1);
+    assert_eq!(h.machine.stats().rejected, 1);
     assert!(matches!(
         h.events().as_slice(),
         [Event::Rejected { status: 404, .. }]
@@ -214,7 +175,7 @@ fn ws1_not_an_upgrade_gets_400() {
     let mut bad_key = request("/v1?relayId=r&peerId=p");
     bad_key.headers[3].1 = "short".into();
     assert_eq!(status(&h.handshake(4, &encoded(&bad_key))), 400);
-    assert_eq!(h.server.peer_count(), 0);
+    assert_eq!(h.machine.peer_count(), 0);
 }
 
 #[test]
@@ -233,7 +194,7 @@ fn ws1_wrong_version_gets_426_naming_13() {
 fn ws1_valid_upgrade_gets_101_and_joins() {
     let mut h = Harness::new(Config::default());
     h.join(1, "r", "p");
-    assert_eq!(h.server.peer_count(), 1);
+    assert_eq!(h.machine.peer_count(), 1);
     assert!(matches!(
         h.events().as_slice(),
         [Event::Joined { relay_id, peer_id, .. }] if relay_id == "r" && peer_id == "p"
@@ -304,7 +265,7 @@ fn ws3_admin_secret_must_be_offered_and_is_echoed() {
     let (head, _) = http(&actions);
     assert_eq!(head.status, 101);
     assert_eq!(head.header_str("Sec-WebSocket-Protocol"), Some("s3cret"));
-    assert_eq!(h.server.stats().rejected, 2);
+    assert_eq!(h.machine.stats().rejected, 2);
 }
 
 #[test]
@@ -327,7 +288,7 @@ fn ws4_origin_must_be_listed_exactly() {
         ..Config::default()
     });
     assert_eq!(
-        h.server.config().allowed_origins.as_deref(),
+        h.machine.config().allowed_origins.as_deref(),
         Some(
             &[
                 "https://app.example".to_owned(),
@@ -399,8 +360,8 @@ fn ws5_incomplete_head_is_closed_after_10s_without_reply() {
         h.advance(Duration::from_millis(1)),
         vec![Action::Close { conn }]
     );
-    assert_eq!(h.server.stats().rejected, 1);
-    assert_eq!(h.server.poll_timeout(), None);
+    assert_eq!(h.machine.stats().rejected, 1);
+    assert_eq!(h.machine.poll_timeout(), None);
 }
 
 #[test]
@@ -462,7 +423,7 @@ fn ws6_broadcast_reaches_every_other_peer_of_the_room_only() {
     // One Send per receiver per message, in peerId order.
     assert_eq!(actions.len(), 4);
     assert!(matches!(&actions[0], Action::Send { conn, .. } if *conn == b));
-    let stats = h.server.stats();
+    let stats = h.machine.stats();
     assert_eq!((stats.messages_in, stats.deliveries), (2, 4));
 }
 
@@ -492,7 +453,7 @@ fn ws7_targeted_message_goes_to_that_peer_only_unchanged() {
     let actions = h.recv(a, &text(msg));
     assert_eq!(sent_to(&actions, c), vec![txt(msg)]);
     assert!(sent_to(&actions, b).is_empty());
-    assert_eq!(h.server.stats().deliveries, 1);
+    assert_eq!(h.machine.stats().deliveries, 1);
 }
 
 #[test]
@@ -509,7 +470,7 @@ fn ws7_unknown_target_is_dropped_and_counted() {
     ] {
         assert!(h.recv(a, &text(msg)).is_empty(), "{msg}");
     }
-    assert_eq!(h.server.stats().targeted_dropped, 3);
+    assert_eq!(h.machine.stats().targeted_dropped, 3);
     let events = h.events();
     assert_eq!(events.len(), 3);
     assert!(
@@ -532,7 +493,7 @@ fn ws7_non_string_target_or_invalid_json_is_dropped() {
     ] {
         assert!(h.recv(a, &text(msg)).is_empty(), "{msg}");
     }
-    assert_eq!(h.server.stats().targeted_dropped, 4);
+    assert_eq!(h.machine.stats().targeted_dropped, 4);
 }
 
 #[test]
@@ -553,7 +514,7 @@ fn ws7_other_text_and_json_is_broadcast() {
         sent_to(&actions, b),
         msgs.iter().map(|m| txt(m)).collect::<Vec<_>>()
     );
-    assert_eq!(h.server.stats().targeted_dropped, 0);
+    assert_eq!(h.machine.stats().targeted_dropped, 0);
 }
 
 // ---- WS-8 ping/pong ----
@@ -618,7 +579,7 @@ fn ws9_silent_peer_is_closed_1001_stale() {
         close_code(&h.advance(Duration::from_secs(2)), b),
         Some(1001)
     );
-    assert_eq!(h.server.poll_timeout(), None, "no peer, no tick");
+    assert_eq!(h.machine.poll_timeout(), None, "no peer, no tick");
 }
 
 // ---- WS-10 duplicate peerId ----
@@ -632,7 +593,7 @@ fn ws10_a_newer_connection_replaces_the_older() {
     assert_eq!(status(&actions), 101);
     assert_eq!(close_code(&actions, old), Some(4001));
     let new = ConnId(3);
-    assert_eq!(h.server.peer_count(), 2);
+    assert_eq!(h.machine.peer_count(), 2);
     let actions = h.recv(other, &text(r#"{"targetPeerId":"p"}"#));
     assert!(sent_to(&actions, new).len() == 1 && sent_to(&actions, old).is_empty());
     // The older one's late Closed changes nothing.
@@ -656,7 +617,7 @@ fn ws11_message_above_max_is_closed_1009_from_its_header() {
     let actions = h.recv(a, &frame[..8]); // the header alone
     assert_eq!(close_code(&actions, a), Some(1009));
     assert!(!closed(&actions, b));
-    assert_eq!(h.server.peer_count(), 1);
+    assert_eq!(h.machine.peer_count(), 1);
 }
 
 #[test]
@@ -696,7 +657,7 @@ fn ws12_protocol_errors_close_1002_or_1007_only_that_connection() {
         let actions = h.recv(b, &bad);
         assert_eq!(close_code(&actions, b), Some(code), "{bad:?}");
         assert_eq!(sent_to(&h.recv(a, &text("ok")), b), vec![], "b is gone");
-        assert_eq!(h.server.peer_count(), 1);
+        assert_eq!(h.machine.peer_count(), 1);
     }
 }
 
@@ -731,7 +692,7 @@ fn ws13_slow_consumer_is_closed_1008_and_the_room_goes_on() {
         }
     }
     assert_eq!(slow_closed, Some(1008));
-    let stats = h.server.stats();
+    let stats = h.machine.stats();
     assert_eq!((stats.slow_consumers_closed, stats.deliveries), (1, 5));
     assert!(h.events().iter().any(
         |e| matches!(e, Event::Left { conn, code: Some(1008), reason, .. } if *conn == slow && reason == "slow consumer")
@@ -755,7 +716,7 @@ fn ws13_flushed_bytes_make_room_again() {
         assert_eq!(sent_to(&actions, b).len(), 1);
         h.flush_all(&actions);
     }
-    assert_eq!(h.server.stats().slow_consumers_closed, 0);
+    assert_eq!(h.machine.stats().slow_consumers_closed, 0);
 }
 
 // ---- WS-14 close handshake ----
@@ -795,11 +756,11 @@ fn ws15_leaving_removes_the_peer_and_forgets_an_empty_room() {
         [Event::Left { code: None, reason, .. }] if reason == "closed by peer"
     ));
     assert!(h.recv(b, &text("alone")).is_empty());
-    assert_eq!(h.server.rooms.len(), 1);
+    assert_eq!(h.machine.rooms.len(), 1);
     h.input(Input::Closed { conn: b });
-    assert!(h.server.rooms.is_empty());
-    assert_eq!(h.server.peer_count(), 0);
-    assert_eq!(h.server.poll_timeout(), None);
+    assert!(h.machine.rooms.is_empty());
+    assert_eq!(h.machine.peer_count(), 0);
+    assert_eq!(h.machine.poll_timeout(), None);
     // The ids are free again.
     h.join(3, "r", "a");
 }
@@ -814,27 +775,19 @@ fn shutdown_closes_every_peer_with_1001_and_the_listeners() {
     });
     let a = h.join(1, "r", "a");
     let pending = h.accept(2);
-    h.server.handle_command(Command::Shutdown, h.now);
-    let actions = h.drain();
+    let actions = h.command(Command::Shutdown);
     assert_eq!(actions[0], Action::CloseListener { listener });
     assert_eq!(close_code(&actions, a), Some(1001));
     assert!(closed(&actions, pending));
-    assert_eq!(h.server.peer_count(), 0);
-    assert_eq!(h.server.poll_timeout(), None);
+    assert_eq!(h.machine.peer_count(), 0);
+    assert_eq!(h.machine.poll_timeout(), None);
 }
 
 #[test]
 fn listen_command_asks_for_a_core_allocated_listener() {
     let mut h = Harness::new(Config::default());
     let addr = "127.0.0.1:42102".parse().unwrap();
-    h.server.handle_command(Command::Listen(addr), h.now);
-    match h.drain().as_slice() {
-        [Action::Listen { listener, addr: a }] => {
-            assert!(listener.is_core_allocated());
-            assert_eq!(*a, addr);
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_listens(&h.command(Command::Listen(addr)), addr);
 }
 
 #[test]
@@ -1042,7 +995,7 @@ fn run_scenario(s: Scenario) -> bool {
             return false;
         }
     }
-    h.server.stats().targeted_dropped == dropped as u64 && h.server.peer_count() == n
+    h.machine.stats().targeted_dropped == dropped as u64 && h.machine.peer_count() == n
 }
 
 #[test]
@@ -1068,7 +1021,7 @@ fn property_arbitrary_bytes_never_panic_and_stay_bounded() {
             h.recv(a, &binary(&[1; 60]));
         }
         h.advance(Duration::from_secs(100));
-        h.server
+        h.machine
             .conns
             .values()
             .all(|c| c.queued <= 256 + 2 * frame_len_bound())
