@@ -3,9 +3,11 @@
 //!
 //! - [`http1`]: HTTP/1.x request heads (via `httparse`, with size caps) and responses.
 //! - [`websocket`]: RFC 6455 frames and messages, and the upgrade handshake key.
+//! - [`yamux`]: yamux frame headers (hashicorp `spec.md`) and their header-local rules.
 
 pub mod http1;
 pub mod websocket;
+pub mod yamux;
 
 /// A streaming parse: a whole value, or "call again with more bytes".
 ///
