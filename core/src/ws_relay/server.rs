@@ -120,6 +120,9 @@ impl Config {
     }
 }
 
+/// Sends to one connection are merged while they stay under this size.
+const COALESCE_LIMIT: usize = 64 << 10;
+
 /// Orders from the embedding application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -583,10 +586,19 @@ impl Server {
             return false;
         }
         conn.queued += bytes.len();
-        self.actions.push_back(Action::Send {
-            conn: id,
-            data: bytes,
-        });
+        // Small frames for the connection just written to join that Send: a read
+        // full of pings is answered by one write, not one allocation per pong.
+        if let Some(Action::Send { conn: last, data }) = self.actions.back_mut()
+            && *last == id
+            && data.len() + bytes.len() <= COALESCE_LIMIT
+        {
+            data.extend_from_slice(&bytes);
+        } else {
+            self.actions.push_back(Action::Send {
+                conn: id,
+                data: bytes,
+            });
+        }
         true
     }
 

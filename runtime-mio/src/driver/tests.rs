@@ -490,3 +490,25 @@ fn write_queue_consumes_across_buffers() {
     assert_eq!(out, b"cdefg");
     assert!(q.is_empty() && q.bufs.is_empty() && q.head == 0);
 }
+
+#[test]
+fn write_queue_merges_tiny_sends_and_keeps_the_order() {
+    let mut q = WriteQueue::default();
+    for i in 0..10_000u16 {
+        q.push(i.to_be_bytes().to_vec());
+    }
+    assert!(
+        q.bufs.len() <= 10_000 * 2 / 4096 + 1,
+        "{} buffers",
+        q.bufs.len()
+    );
+    q.push(vec![7; 8192]); // a big one stays its own buffer
+    q.consume(1);
+    q.push(b"end".to_vec());
+    let mut out = Vec::new();
+    assert_eq!(q.write_to(&mut out).expect("write"), 20_000 - 1 + 8192 + 3);
+    let mut want: Vec<u8> = (0..10_000u16).flat_map(u16::to_be_bytes).collect();
+    want.extend_from_slice(&[7; 8192]);
+    want.extend_from_slice(b"end");
+    assert_eq!(out, want[1..]);
+}

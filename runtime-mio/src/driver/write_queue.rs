@@ -5,6 +5,9 @@ use std::io::{self, IoSlice, Write};
 
 use super::MAX_IO_SLICES;
 
+/// Buffers are merged while the result stays this small.
+const MERGE_LIMIT: usize = 4096;
+
 /// Bytes waiting for a socket: whole buffers, the first one partly written.
 #[derive(Default)]
 pub(super) struct WriteQueue {
@@ -20,9 +23,18 @@ impl WriteQueue {
         self.len == 0
     }
 
+    /// Queue `data`. A small buffer joins a small last one, so a flood of tiny
+    /// `Send`s costs bytes, not one allocation each (the machine bounds bytes).
     pub(super) fn push(&mut self, data: Vec<u8>) {
-        if !data.is_empty() {
-            self.len += data.len();
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len();
+        if let Some(last) = self.bufs.back_mut()
+            && last.len() + data.len() <= MERGE_LIMIT
+        {
+            last.extend_from_slice(&data);
+        } else {
             self.bufs.push_back(data);
         }
     }

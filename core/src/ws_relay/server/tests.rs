@@ -539,6 +539,20 @@ fn ws8_ping_frame_gets_pong_frame_with_its_payload() {
     assert!(h.recv(a, &client(&Message::Pong(vec![]))).is_empty());
 }
 
+#[test]
+fn ws13_a_ping_flood_is_answered_in_one_send_per_read() {
+    let mut h = Harness::new(Config::default());
+    let a = h.join(1, "r", "a");
+    let flood = client(&Message::Ping(vec![])).repeat(1000);
+    let actions = h.recv(a, &flood);
+    let sends = actions
+        .iter()
+        .filter(|x| matches!(x, Action::Send { conn, .. } if *conn == a))
+        .count();
+    assert_eq!(sends, 1, "one write for a read's worth of pongs");
+    assert_eq!(sent_to(&actions, a), vec![Message::Pong(vec![]); 1000]);
+}
+
 // ---- WS-9 health ----
 
 #[test]
