@@ -46,6 +46,7 @@ use std::sync::{Arc, Barrier, Condvar, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ferry_conformance::bench::env_usize as env;
 use ferry_core::codec::websocket::{
     Message, MessageReader, OpCode, Role, accept_key, encode_frame,
 };
@@ -62,13 +63,6 @@ const SIZE: usize = 64;
 const BATCH: usize = 256;
 /// The default of `FERRY_BENCH_WS_WINDOW`.
 const WINDOW: usize = 256;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Clone, Copy)]
 struct Workload {

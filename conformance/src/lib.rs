@@ -8,6 +8,7 @@
 //! This crate is test infrastructure: a failed expectation is a panic with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test infrastructure: failing loudly is the point
 
+pub mod bench;
 pub mod clients;
 pub mod daemon;
 pub mod puppet;
