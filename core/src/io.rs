@@ -121,8 +121,13 @@ pub enum Input<'a> {
     ConnectFailed { conn: ConnId, error: &'a str },
     /// Bytes read from `conn`, in order.
     Received { conn: ConnId, data: &'a [u8] },
-    /// The peer closed `conn` (a half-close counts: the relays here have no use
-    /// for one) or it failed; no further input comes for it.
+    /// The peer half-closed `conn` (it sent FIN): no more bytes will arrive, but
+    /// `conn` may still be written. Only machines with [`Machine::HALF_CLOSE`] get
+    /// this; for the others a FIN is `Closed`. After it, `conn` lives until the
+    /// machine closes it, or a write fails (`Closed`).
+    ReadClosed { conn: ConnId },
+    /// The peer closed `conn` or it failed (for machines without
+    /// [`Machine::HALF_CLOSE`], a half-close counts); no further input comes for it.
     Closed { conn: ConnId },
     /// `bytes` more bytes of earlier `Action::Send`s on `conn` reached the socket.
     ///
@@ -172,6 +177,9 @@ pub enum OwnedInput {
     Received {
         conn: ConnId,
         data: Vec<u8>,
+    },
+    ReadClosed {
+        conn: ConnId,
     },
     Closed {
         conn: ConnId,
@@ -225,6 +233,7 @@ impl OwnedInput {
                 Input::ConnectFailed { conn: *conn, error }
             }
             OwnedInput::Received { conn, data } => Input::Received { conn: *conn, data },
+            OwnedInput::ReadClosed { conn } => Input::ReadClosed { conn: *conn },
             OwnedInput::Closed { conn } => Input::Closed { conn: *conn },
             OwnedInput::Flushed { conn, bytes } => Input::Flushed {
                 conn: *conn,
@@ -274,6 +283,7 @@ impl From<Input<'_>> for OwnedInput {
                 conn,
                 data: data.to_vec(),
             },
+            Input::ReadClosed { conn } => OwnedInput::ReadClosed { conn },
             Input::Closed { conn } => OwnedInput::Closed { conn },
             Input::Flushed { conn, bytes } => OwnedInput::Flushed { conn, bytes },
             Input::UdpBound { socket, local } => OwnedInput::UdpBound { socket, local },
@@ -314,6 +324,12 @@ pub enum Action {
     /// bounded linger (at most a few seconds; it may be zero), then closes. No
     /// further input comes for `conn`.
     Close { conn: ConnId },
+    /// Half-close `conn`: once every earlier `Send` is written, shut down its write
+    /// direction (the peer reads end-of-stream). Reading goes on; the machine still
+    /// ends `conn` with `Close`. A `Send` after `Shutdown` is a machine bug: the
+    /// runtime drops it. Closing a socket whose peer already left is not an error
+    /// the machine hears about beyond the usual `Closed`.
+    Shutdown { conn: ConnId },
     /// Stop reading from `conn` until `ResumeRead`. A runtime that reads ahead may
     /// still deliver up to [`MAX_READ_AHEAD`] bytes it had already read as
     /// `Received` after this action; the machine buffers them.
@@ -323,10 +339,16 @@ pub enum Action {
     /// Splice two TCP streams in both directions; the machine never sees those
     /// bytes again, and gets no `Flushed` for them. Bytes the machine queued
     /// before the `Pipe` are written first. The runtime bounds what it holds per
-    /// direction by pausing the faster side. When either side ends, the runtime
-    /// closes both and reports `Closed` for each one the machine did not close itself.
-    /// Bytes still queued for a side when the pipe ends are written within a bounded
-    /// linger (its length is up to the runtime) before that side closes.
+    /// direction by pausing the faster side.
+    ///
+    /// Half-close is carried through: when one side reads end-of-stream (FIN), the
+    /// runtime writes everything it read from that side to the other one and then
+    /// shuts down the other side's write direction; the opposite direction goes on.
+    /// The pipe ends when both directions have ended this way, or at once when
+    /// either side fails (reset, write error). Then the runtime closes both and
+    /// reports `Closed` for each one the machine did not close itself. Bytes still
+    /// queued for a side when the pipe ends are written within a bounded linger
+    /// (its length is up to the runtime) before that side closes.
     Pipe { a: ConnId, b: ConnId },
     /// Bind a UDP socket; answer with `UdpBound` or `UdpBindFailed`.
     BindUdp { socket: SocketId, addr: SocketAddr },
@@ -351,6 +373,7 @@ impl fmt::Debug for Action {
             Action::Connect { conn, addr } => write!(f, "Connect({conn}, {addr})"),
             Action::Send { conn, data } => write!(f, "Send({conn}, {} bytes)", data.len()),
             Action::Close { conn } => write!(f, "Close({conn})"),
+            Action::Shutdown { conn } => write!(f, "Shutdown({conn})"),
             Action::PauseRead { conn } => write!(f, "PauseRead({conn})"),
             Action::ResumeRead { conn } => write!(f, "ResumeRead({conn})"),
             Action::Pipe { a, b } => write!(f, "Pipe({a}, {b})"),
@@ -396,6 +419,12 @@ pub trait Machine {
     type Command;
     /// What the machine tells the embedding application.
     type Event;
+
+    /// Whether this machine handles half-closed connections: if true, a peer's FIN
+    /// is reported as [`Input::ReadClosed`] and the connection stays writable; if
+    /// false (the default) it is reported as [`Input::Closed`] and the runtime
+    /// closes the connection.
+    const HALF_CLOSE: bool = false;
 
     /// Something happened on a socket the machine owns.
     fn handle_input(&mut self, input: Input<'_>, now: Instant);

@@ -28,6 +28,7 @@
 //! ## Protocols
 //!
 //! - [`name_relay`]: seed 004, a TCP relay addressed by registered names.
+//! - [`port_relay`]: seed 001, a public port per client over yamux, a pool or events.
 //! - [`ws_relay`]: seed 003, WebSocket rooms (relayId/peerId) with targeted messages.
 
 #![forbid(unsafe_code)]
@@ -36,6 +37,7 @@
 pub mod codec;
 pub mod io;
 pub mod name_relay;
+pub mod port_relay;
 pub mod timer;
 pub mod ws_relay;
 

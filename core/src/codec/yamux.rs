@@ -1,5 +1,5 @@
 //! Yamux frames (hashicorp/yamux `spec.md`), sans-IO: the 12-byte header codec
-//! and the header-local validation rules. The session machine is elsewhere.
+//! and the header-local validation rules. The session is [`session`].
 //!
 //! Every frame starts with a fixed 12-byte header, all integers big-endian
 //! (network order):
@@ -29,6 +29,8 @@
 //! make sense on which frame, and what to do on an unknown GoAway code.
 //!
 //! Bad bytes from the network are typed errors ([`YamuxError`]), never panics.
+
+pub mod session;
 
 /// The streaming parse result shared with the other ferry codecs.
 pub use super::Parsed;

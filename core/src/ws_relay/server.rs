@@ -763,7 +763,8 @@ impl Machine for Server {
                     conn.queued = conn.queued.saturating_sub(bytes);
                 }
             }
-            Input::Closed { conn } => self.forget(conn, None, "closed by peer".into()),
+            // Not HALF_CLOSE: a runtime reports a FIN as `Closed`.
+            Input::Closed { conn } | Input::ReadClosed { conn } => self.forget(conn, None, "closed by peer".into()),
             // The server opens no connection, socket or tunnel of its own.
             Input::Connected { .. }
             | Input::ConnectFailed { .. }

@@ -1,0 +1,369 @@
+//! Relay machine tests, named after the requirement they check (PR-n).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+use crate::testing::{Harness, LISTENER};
+
+const PUBLIC_PORT: u16 = 40_000;
+
+fn config() -> Config {
+    Config {
+        public_ip: "127.0.0.1".parse().unwrap(),
+        ..Config::default()
+    }
+}
+
+fn relay_with(config: Config) -> Harness<Server> {
+    let mut h = Harness::with_machine(Server::new(config, [7; 32]));
+    let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    let actions = h.command(Command::Listen(addr));
+    assert_eq!(actions.len(), 1);
+    let Action::Listen { listener, .. } = actions[0] else {
+        panic!("{actions:?}")
+    };
+    // The harness accepts on LISTENER: report the listener under that id.
+    h.input(Input::Listening {
+        listener: LISTENER,
+        local: addr,
+    });
+    let _ = listener;
+    h.events();
+    h
+}
+
+fn relay() -> Harness<Server> {
+    relay_with(config())
+}
+
+fn sent_to(actions: &[Action], to: ConnId) -> Vec<u8> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { conn, data } if *conn == to => Some(data.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn closes(actions: &[Action], conn: ConnId) -> bool {
+    actions.contains(&Action::Close { conn })
+}
+
+fn the_listen(actions: &[Action]) -> (ListenerId, SocketAddr) {
+    let listens: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Listen { listener, addr } => Some((*listener, *addr)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(listens.len(), 1, "{actions:?}");
+    listens[0]
+}
+
+/// A client on `conn` sends `hello`; the relay binds and answers. Returns the
+/// public listener and the reply.
+fn open_client(h: &mut Harness<Server>, conn: u64, hello: &[u8]) -> (ListenerId, String) {
+    let conn = h.accept(conn);
+    let (listener, addr) = the_listen(&h.recv(conn, hello));
+    assert_eq!(addr.ip(), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
+    let actions = h.input(Input::Listening {
+        listener,
+        local: SocketAddr::new(addr.ip(), PUBLIC_PORT),
+    });
+    let reply = String::from_utf8(sent_to(&actions, conn)).unwrap();
+    (listener, reply)
+}
+
+fn user(h: &mut Harness<Server>, listener: ListenerId, conn: u64) -> Vec<Action> {
+    h.input(Input::Accepted {
+        listener,
+        conn: ConnId(conn),
+        peer: "127.0.0.1:5".parse().unwrap(),
+    })
+}
+
+#[test]
+fn pr1_unknown_protocol_gets_an_error_line_and_is_closed() {
+    let mut h = relay();
+    let c = h.accept(1);
+    let actions = h.recv(c, b"telnet\n");
+    assert_eq!(sent_to(&actions, c), b"error: unknown protocol\n");
+    assert!(closes(&actions, c));
+    assert!(matches!(
+        h.events()[..],
+        [Event::Refused {
+            reason: "unknown protocol",
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn pr1_a_long_line_is_refused_before_its_newline() {
+    let mut h = relay();
+    let c = h.accept(1);
+    let actions = h.recv(c, &[b'x'; 100]);
+    assert_eq!(sent_to(&actions, c), b"error: line too long\n");
+    assert!(closes(&actions, c));
+}
+
+#[test]
+fn pr1_an_idle_handshake_times_out() {
+    let mut h = relay();
+    let c = h.accept(1);
+    assert!(h.recv(c, b"pool\n").is_empty());
+    assert!(h.advance(Duration::from_secs(9)).is_empty());
+    let actions = h.advance(Duration::from_secs(2));
+    assert_eq!(sent_to(&actions, c), b"error: handshake timeout\n");
+    assert!(closes(&actions, c));
+}
+
+#[test]
+fn pr1_handshake_lines_may_arrive_byte_by_byte_with_cr() {
+    let mut h = relay();
+    let c = h.accept(1);
+    let mut all = Vec::new();
+    for b in b"pool\r\nnew\r\n" {
+        all.extend(h.recv(c, &[*b]));
+    }
+    the_listen(&all);
+}
+
+#[test]
+fn pr2_each_client_gets_its_own_listener_closed_with_its_connection() {
+    let mut h = relay();
+    let (l1, _) = open_client(&mut h, 1, b"event\nnew\n");
+    let (l2, _) = open_client(&mut h, 2, b"event\nnew\n");
+    assert_ne!(l1, l2);
+    assert_eq!(h.machine.client_count(), 2);
+    let actions = h.input(Input::Closed { conn: ConnId(1) });
+    assert!(actions.contains(&Action::CloseListener { listener: l1 }));
+    assert!(!actions.contains(&Action::CloseListener { listener: l2 }));
+    assert_eq!(h.machine.client_count(), 1);
+}
+
+#[test]
+fn pr2_a_port_range_is_tried_in_order_then_refused() {
+    let mut h = relay_with(Config {
+        port_range: Some((5000, 5001)),
+        ..config()
+    });
+    let c = h.accept(1);
+    let (l1, a1) = the_listen(&h.recv(c, b"event\nnew\n"));
+    assert_eq!(a1.port(), 5000);
+    let (l2, a2) = the_listen(&h.input(Input::ListenFailed {
+        listener: l1,
+        error: "in use",
+    }));
+    assert_eq!(a2.port(), 5001);
+    let actions = h.input(Input::ListenFailed {
+        listener: l2,
+        error: "in use",
+    });
+    assert_eq!(sent_to(&actions, c), b"error: no port available\n");
+    assert!(closes(&actions, c));
+    assert_eq!(h.machine.client_count(), 0);
+}
+
+#[test]
+fn pr6_a_new_pool_gets_port_and_a_128_bit_id() {
+    let mut h = relay();
+    let (_, reply) = open_client(&mut h, 1, b"pool\nnew\n");
+    let lines: Vec<&str> = reply.lines().collect();
+    assert_eq!(lines[0], PUBLIC_PORT.to_string());
+    assert_eq!(lines[1].len(), 32);
+    assert!(reply.ends_with('\n'));
+    let (_, other) = open_client(&mut h, 2, b"pool\nnew\n");
+    assert_ne!(other.lines().nth(1), Some(lines[1]), "ids differ");
+}
+
+fn pool_id(reply: &str) -> String {
+    reply.lines().nth(1).unwrap().to_owned()
+}
+
+#[test]
+fn pr7_unknown_pool_and_full_pool_are_refused() {
+    let mut h = relay_with(Config {
+        max_pool: 2,
+        ..config()
+    });
+    let (_, reply) = open_client(&mut h, 1, b"pool\nnew\n");
+    let id = pool_id(&reply);
+    let c = h.accept(2);
+    let actions = h.recv(c, b"pool\n0123\n");
+    assert_eq!(sent_to(&actions, c), b"error: unknown pool\n");
+    let c = h.accept(3);
+    assert!(h.recv(c, format!("pool\n{id}\n").as_bytes()).is_empty());
+    let c = h.accept(4);
+    let actions = h.recv(c, format!("pool\n{id}\n").as_bytes());
+    assert_eq!(sent_to(&actions, c), b"error: pool full\n");
+    assert!(closes(&actions, c));
+}
+
+#[test]
+fn pr8_users_take_the_oldest_idle_connection_and_are_spliced() {
+    let mut h = relay();
+    let (public, reply) = open_client(&mut h, 1, b"pool\nnew\n");
+    let id = pool_id(&reply);
+    let c = h.accept(2);
+    h.recv(c, format!("pool\n{id}\n").as_bytes());
+    let actions = user(&mut h, public, 100);
+    assert_eq!(
+        actions,
+        vec![Action::Pipe {
+            a: ConnId(100),
+            b: ConnId(1)
+        }]
+    );
+    let actions = user(&mut h, public, 101);
+    assert_eq!(
+        actions,
+        vec![Action::Pipe {
+            a: ConnId(101),
+            b: ConnId(2)
+        }]
+    );
+}
+
+#[test]
+fn pr8_a_waiting_user_keeps_its_bytes_and_gets_the_next_joiner() {
+    let mut h = relay();
+    let (public, reply) = open_client(&mut h, 1, b"pool\nnew\n");
+    let id = pool_id(&reply);
+    user(&mut h, public, 100);
+    assert!(user(&mut h, public, 101).is_empty(), "waits");
+    assert!(h.recv(ConnId(101), b"PING\r\n").is_empty());
+    let c = h.accept(2);
+    let actions = h.recv(c, format!("pool\n{id}\n").as_bytes());
+    assert_eq!(
+        actions,
+        vec![
+            Action::Send {
+                conn: ConnId(2),
+                data: b"PING\r\n".to_vec()
+            },
+            Action::Pipe {
+                a: ConnId(101),
+                b: ConnId(2)
+            }
+        ]
+    );
+}
+
+#[test]
+fn pr8_waiting_is_bounded_in_time_and_number() {
+    let mut h = relay_with(Config {
+        max_waiting: 1,
+        ..config()
+    });
+    let (public, _) = open_client(&mut h, 1, b"pool\nnew\n");
+    user(&mut h, public, 100); // takes the idle one
+    assert!(user(&mut h, public, 101).is_empty());
+    assert_eq!(user(&mut h, public, 102), vec![Action::Close { conn: ConnId(102) }]);
+    let actions = h.advance(Duration::from_secs(11));
+    assert!(closes(&actions, ConnId(101)), "{actions:?}");
+}
+
+#[test]
+fn pr8_an_empty_pool_closes_after_its_grace() {
+    let mut h = relay();
+    let (public, reply) = open_client(&mut h, 1, b"pool\nnew\n");
+    user(&mut h, public, 100);
+    assert!(h.advance(Duration::from_secs(29)).is_empty());
+    // A join within the grace keeps it.
+    let c = h.accept(2);
+    h.recv(c, format!("pool\n{}\n", pool_id(&reply)).as_bytes());
+    assert!(h.advance(Duration::from_secs(5)).is_empty());
+    h.input(Input::Closed { conn: c });
+    let actions = h.advance(Duration::from_secs(31));
+    assert!(actions.contains(&Action::CloseListener { listener: public }));
+    let c = h.accept(3);
+    let actions = h.recv(c, format!("pool\n{}\n", pool_id(&reply)).as_bytes());
+    assert_eq!(sent_to(&actions, c), b"error: unknown pool\n");
+}
+
+#[test]
+fn pr9_pr10_users_are_announced_by_id_and_spliced_to_the_answer() {
+    let mut h = relay();
+    let (public, reply) = open_client(&mut h, 1, b"event\nnew\n");
+    assert_eq!(reply, format!("{PUBLIC_PORT}\n"));
+    let actions = user(&mut h, public, 100);
+    let line = String::from_utf8(sent_to(&actions, ConnId(1))).unwrap();
+    let id = line.strip_suffix('\n').unwrap();
+    assert_eq!(id.len(), 32);
+    h.recv(ConnId(100), b"hello");
+    let c = h.accept(2);
+    let actions = h.recv(c, format!("event\n{id}\n").as_bytes());
+    assert_eq!(
+        actions,
+        vec![
+            Action::Send {
+                conn: c,
+                data: b"hello".to_vec()
+            },
+            Action::Pipe { a: ConnId(100), b: c }
+        ]
+    );
+    // Used once.
+    let c = h.accept(3);
+    let actions = h.recv(c, format!("event\n{id}\n").as_bytes());
+    assert_eq!(sent_to(&actions, c), b"error: unknown event\n");
+}
+
+#[test]
+fn pr10_an_unanswered_event_expires_and_its_user_is_closed() {
+    let mut h = relay();
+    let (public, _) = open_client(&mut h, 1, b"event\nnew\n");
+    let actions = user(&mut h, public, 100);
+    let line = String::from_utf8(sent_to(&actions, ConnId(1))).unwrap();
+    let actions = h.advance(Duration::from_secs(11));
+    assert!(closes(&actions, ConnId(100)));
+    let c = h.accept(2);
+    let actions = h.recv(c, format!("event\n{line}").as_bytes());
+    assert_eq!(sent_to(&actions, c), b"error: unknown event\n");
+}
+
+#[test]
+fn pr11_the_control_connection_ending_closes_listener_and_waiting_users() {
+    let mut h = relay();
+    let (public, _) = open_client(&mut h, 1, b"event\nnew\n");
+    user(&mut h, public, 100);
+    user(&mut h, public, 101);
+    let actions = h.input(Input::ReadClosed { conn: ConnId(1) });
+    assert!(actions.contains(&Action::CloseListener { listener: public }));
+    assert!(closes(&actions, ConnId(100)));
+    assert!(closes(&actions, ConnId(101)));
+    assert!(closes(&actions, ConnId(1)));
+    assert_eq!(h.machine.client_count(), 0);
+}
+
+#[test]
+fn pr12_a_waiting_users_fin_is_left_for_the_splice() {
+    let mut h = relay();
+    let (public, reply) = open_client(&mut h, 1, b"pool\nnew\n");
+    user(&mut h, public, 100);
+    user(&mut h, public, 101);
+    h.recv(ConnId(101), b"last words");
+    assert!(h.input(Input::ReadClosed { conn: ConnId(101) }).is_empty());
+    let c = h.accept(2);
+    let actions = h.recv(c, format!("pool\n{}\n", pool_id(&reply)).as_bytes());
+    assert_eq!(sent_to(&actions, c), b"last words");
+    assert!(actions.contains(&Action::Pipe { a: ConnId(101), b: c }));
+}
+
+#[test]
+fn shutdown_closes_every_listener_and_connection() {
+    let mut h = relay();
+    let (public, _) = open_client(&mut h, 1, b"event\nnew\n");
+    let pending = h.accept(2);
+    let actions = h.command(Command::Shutdown);
+    assert!(actions.contains(&Action::CloseListener { listener: LISTENER }));
+    assert!(actions.contains(&Action::CloseListener { listener: public }));
+    assert!(closes(&actions, ConnId(1)));
+    assert!(closes(&actions, pending));
+    assert_eq!(h.machine.poll_timeout(), None);
+}
