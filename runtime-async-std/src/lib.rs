@@ -12,6 +12,7 @@
 
 pub mod driver;
 pub mod name_relay;
+pub mod port_relay;
 mod race;
 mod rt;
 mod serve;

@@ -19,7 +19,7 @@ use cli::{config, daemon, name_client};
     name = "ferry",
     version,
     about = "Relay protocols served from one sans-IO core",
-    after_help = "Example:\n  ferry up --config runtime-mio/ferry.example.toml\n  ferry name-relay --listen 127.0.0.1:8080"
+    after_help = "Example:\n  ferry up --config runtime-mio/ferry.example.toml\n  ferry name-relay --listen 127.0.0.1:8080\n  ferry port-relay 7000\n  ferry port-relay --local-forward-port=6379 relay.example.net 7000"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,6 +32,9 @@ enum Command {
     NameRelay(daemon::NameRelayArgs),
     /// Run the WebSocket relay: rooms by relayId, broadcast and targeted messages.
     WsRelay(daemon::WsRelayArgs),
+    /// Run the port relay (`ferry port-relay LOCALPORT`), or a forwarder exposing a
+    /// local server through one (`ferry port-relay --local-forward-port=P HOST PORT`).
+    PortRelay(cli::port_relay::PortRelayArgs),
     /// Talk to a name relay: interactively, or send once and/or receive N messages.
     NameClient(name_client::Args),
     /// Run every server from a TOML config (each on loopback at its default port without one).
@@ -53,6 +56,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::NameRelay(args) => daemon::supervise(vec![args.into_spec()]),
         Command::WsRelay(args) => daemon::supervise(vec![args.into_spec()]),
+        Command::PortRelay(args) => args
+            .into_spec()
+            .and_then(|spec| daemon::supervise(vec![spec])),
         Command::NameClient(args) => name_client::run(args),
         Command::Up(args) => config::up(args),
     };

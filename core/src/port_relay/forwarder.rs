@@ -679,3 +679,6 @@ impl Machine for Forwarder {
         self.timers.next()
     }
 }
+
+#[cfg(test)]
+mod tests;

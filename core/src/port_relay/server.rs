@@ -35,8 +35,9 @@ const EARLY_LIMIT: usize = 64 << 10;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The address public listeners bind to (their port is chosen per client).
-    pub public_ip: IpAddr,
+    /// The address public listeners bind to (their port is chosen per client);
+    /// `None`: the address of the control listener.
+    pub public_ip: Option<IpAddr>,
     /// Public ports to use, first free first; `None`: the OS chooses (PR-2).
     pub port_range: Option<(u16, u16)>,
     /// A handshake must complete within this (PR-1).
@@ -65,7 +66,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            public_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            public_ip: None,
             port_range: None,
             handshake_timeout: Duration::from_secs(10),
             pool_wait: Duration::from_secs(10),
@@ -212,6 +213,8 @@ pub struct Server {
     ids: IdAllocator,
     rng: IdGen,
     control_listeners: BTreeSet<ListenerId>,
+    /// The first control listener's address, for public listeners by default.
+    control_ip: Option<IpAddr>,
     conns: BTreeMap<ConnId, Role>,
     clients: BTreeMap<ClientKey, Client>,
     by_listener: BTreeMap<ListenerId, ClientKey>,
@@ -234,6 +237,7 @@ impl Server {
             ids: IdAllocator::default(),
             rng: IdGen::new(seed),
             control_listeners: BTreeSet::new(),
+            control_ip: None,
             conns: BTreeMap::new(),
             clients: BTreeMap::new(),
             by_listener: BTreeMap::new(),
@@ -521,7 +525,13 @@ impl Server {
         self.by_listener.insert(listener, key);
         self.actions.push_back(Action::Listen {
             listener,
-            addr: SocketAddr::new(self.config.public_ip, port),
+            addr: SocketAddr::new(
+                self.config
+                    .public_ip
+                    .or(self.control_ip)
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                port,
+            ),
         });
     }
 
@@ -876,6 +886,7 @@ impl Machine for Server {
                     self.client_listening(key, local, now);
                 } else {
                     self.control_listeners.insert(listener);
+                    self.control_ip.get_or_insert(local.ip());
                     self.events.push_back(Event::Listening { listener, local });
                 }
             }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use ferry_core::name_relay::server::Config as NameRelayConfig;
+use ferry_core::port_relay::{Protocol, forwarder, server::Config as PortRelayConfig};
 use ferry_core::ws_relay::Config as WsRelayConfig;
 use toml::{Table, Value};
 
@@ -20,6 +21,40 @@ use super::daemon::{ServerSpec, TlsFiles, apply_ws_env, supervise};
 const NAME_RELAY_LISTEN: &str = "127.0.0.1:8080";
 /// The WebSocket relay's port when the config does not say (the seed's).
 const WS_RELAY_LISTEN: &str = "127.0.0.1:42102";
+/// The port relay's control port when the config does not say (the seed has none).
+const PORT_RELAY_LISTEN: &str = "127.0.0.1:7000";
+
+/// `[port_forward]`: a forwarder needs a relay, so it runs only when configured.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortForwardSection {
+    #[serde(default = "yes")]
+    enabled: bool,
+    /// `host:port` of the relay.
+    relay: String,
+    local_port: u16,
+    #[serde(default = "loopback")]
+    local_host: std::net::IpAddr,
+    #[serde(default = "multiplex")]
+    protocol: String,
+    #[serde(default)]
+    pool_size: Option<usize>,
+    /// Seconds between yamux keep-alive pings; 0 turns them off.
+    #[serde(default)]
+    keepalive: Option<f64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn loopback() -> std::net::IpAddr {
+    std::net::Ipv4Addr::LOCALHOST.into()
+}
+
+fn multiplex() -> String {
+    "multiplex".to_owned()
+}
 
 /// `ferry up`.
 #[derive(Debug, Args)]
@@ -75,10 +110,54 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<ServerSpec>> {
             tls,
         });
     }
+    if let Some(section) = Section::take(&mut root, "port_relay", PORT_RELAY_LISTEN)? {
+        let config: PortRelayConfig = section
+            .rest
+            .try_into()
+            .map_err(|e| anyhow!("[port_relay]: {e}"))?;
+        specs.push(ServerSpec::PortRelay {
+            listen: section.listen,
+            config,
+        });
+    }
+    if let Some(section) = root.remove("port_forward") {
+        let section: PortForwardSection = section
+            .try_into()
+            .map_err(|e| anyhow!("[port_forward]: {e}"))?;
+        if section.enabled {
+            specs.push(port_forward(section)?);
+        }
+    }
     if let Some(unknown) = root.keys().next() {
-        bail!("unknown section [{unknown}]; known: [name_relay], [ws_relay]");
+        bail!(
+            "unknown section [{unknown}]; known: [name_relay], [ws_relay], [port_relay], [port_forward]"
+        );
     }
     Ok(specs)
+}
+
+fn port_forward(section: PortForwardSection) -> anyhow::Result<ServerSpec> {
+    use std::net::ToSocketAddrs;
+    let relay = section
+        .relay
+        .to_socket_addrs()
+        .map_err(|e| anyhow!("[port_forward] relay = {:?}: {e}", section.relay))?
+        .next()
+        .ok_or_else(|| anyhow!("[port_forward] relay {:?} has no address", section.relay))?;
+    let protocol: Protocol = section
+        .protocol
+        .parse()
+        .map_err(|e| anyhow!("[port_forward] {e}"))?;
+    let local = std::net::SocketAddr::new(section.local_host, section.local_port);
+    let mut config = forwarder::Config::new(relay, local, protocol);
+    if let Some(n) = section.pool_size {
+        config.pool_size = n.max(1);
+    }
+    if let Some(secs) = section.keepalive {
+        config.keepalive = std::time::Duration::try_from_secs_f64(secs)
+            .map_err(|e| anyhow!("[port_forward] keepalive = {secs}: {e}"))?;
+    }
+    Ok(ServerSpec::PortForward { config })
 }
 
 /// `[ws_relay]`'s `tls_cert` and `tls_key`, taken out of the section.
@@ -149,6 +228,10 @@ mod tests {
                     config: ws,
                     tls: None,
                 },
+                ServerSpec::PortRelay {
+                    listen: PORT_RELAY_LISTEN.parse().expect("addr"),
+                    config: PortRelayConfig::default(),
+                },
             ]
         );
     }
@@ -170,16 +253,17 @@ mod tests {
 
     #[test]
     fn disabled_section_starts_nothing() {
-        let both_off = "[name_relay]\nenabled = false\n[ws_relay]\nenabled = false\n";
-        assert!(parse(both_off).expect("parses").is_empty());
-        let specs = parse("[name_relay]\nenabled = false\n").expect("parses");
+        let all_off = "[name_relay]\nenabled = false\n[ws_relay]\nenabled = false\n[port_relay]\nenabled = false\n";
+        assert!(parse(all_off).expect("parses").is_empty());
+        let specs = parse("[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n")
+            .expect("parses");
         assert!(matches!(specs.as_slice(), [ServerSpec::WsRelay { .. }]));
     }
 
     #[test]
     fn ws_relay_section_reads_its_config() {
         let specs = parse(
-            "[name_relay]\nenabled = false\n[ws_relay]\nlisten = \"127.0.0.1:9100\"\nping_interval = 5\nallowed_origins = [\"http://a\"]\n",
+            "[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n[ws_relay]\nlisten = \"127.0.0.1:9100\"\nping_interval = 5\nallowed_origins = [\"http://a\"]\n",
         )
         .expect("parses");
         let [
@@ -204,7 +288,7 @@ mod tests {
     #[test]
     fn ws_relay_tls_keys_belong_to_the_runtime() {
         let specs = parse(
-            "[name_relay]\nenabled = false\n[ws_relay]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nping_interval = 5\n",
+            "[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n[ws_relay]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nping_interval = 5\n",
         )
         .expect("parses");
         let [ServerSpec::WsRelay { tls, .. }] = specs.as_slice() else {
@@ -230,6 +314,32 @@ mod tests {
     #[test]
     fn the_example_config_parses() {
         let text = include_str!("../../ferry.example.toml");
-        assert_eq!(parse(text).expect("parses").len(), 2);
+        assert_eq!(parse(text).expect("parses").len(), 3);
+    }
+
+    #[test]
+    fn pr14_port_relay_and_forwarder_sections() {
+        let specs = parse(
+            "[name_relay]\nenabled = false\n[ws_relay]\nenabled = false\n[port_relay]\nlisten = \"127.0.0.1:7100\"\npool_wait = 3\nport_range = [5000, 5010]\npublic_ip = \"127.0.0.1\"\n[port_forward]\nrelay = \"127.0.0.1:7100\"\nlocal_port = 6379\nprotocol = \"pool\"\npool_size = 4\n",
+        )
+        .expect("parses");
+        let [
+            ServerSpec::PortRelay { listen, config },
+            ServerSpec::PortForward { config: forward },
+        ] = specs.as_slice()
+        else {
+            panic!("{specs:?}");
+        };
+        assert_eq!(listen.port(), 7100);
+        assert_eq!(config.pool_wait, Duration::from_secs(3));
+        assert_eq!(config.port_range, Some((5000, 5010)));
+        assert_eq!(forward.local, "127.0.0.1:6379".parse().expect("addr"));
+        assert_eq!(forward.protocol, Protocol::Pool);
+        assert_eq!(forward.pool_size, 4);
+        assert!(
+            parse("[port_forward]\nrelay = \"127.0.0.1:1\"\n").is_err(),
+            "needs local_port"
+        );
+        assert!(parse("[port_relay]\npool_wiat = 3\n").is_err());
     }
 }

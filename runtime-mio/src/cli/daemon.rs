@@ -15,6 +15,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use ferry_core::Machine;
 use ferry_core::name_relay::server::{CloseReason, Command, Config, Event, Server};
+use ferry_core::port_relay::{forwarder, server as port_server};
 use ferry_core::ws_relay;
 use ferry_mio::tls::TlsServer;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -185,6 +186,18 @@ pub enum ServerSpec {
         /// `Some`: serve `wss://` with these files, through [`ferry_mio::tls::TlsServer`].
         tls: Option<TlsFiles>,
     },
+    /// Seed 001, the port relay server.
+    PortRelay {
+        /// Where clients connect.
+        listen: SocketAddr,
+        /// The relay's tunables.
+        config: port_server::Config,
+    },
+    /// Seed 001, a forwarder exposing a local server through a port relay.
+    PortForward {
+        /// Relay, local server, protocol.
+        config: forwarder::Config,
+    },
 }
 
 impl ServerSpec {
@@ -192,6 +205,8 @@ impl ServerSpec {
         match self {
             ServerSpec::NameRelay { .. } => "name-relay",
             ServerSpec::WsRelay { .. } => "ws-relay",
+            ServerSpec::PortRelay { .. } => "port-relay",
+            ServerSpec::PortForward { .. } => "port-forward",
         }
     }
 
@@ -232,6 +247,38 @@ impl ServerSpec {
                         ws_relay::Command::Shutdown,
                     ],
                     move |event| ws_relay_event(event, true, &notices),
+                )
+            }
+            ServerSpec::PortRelay { listen, config } => {
+                let seed = super::port_relay::os_seed()?;
+                let (failed, failures) = std::sync::mpsc::channel();
+                thread::Builder::new()
+                    .name("port-relay-failures".to_owned())
+                    .spawn(move || {
+                        if let Ok(error) = failures.recv() {
+                            let _ = notices.send(Notice::Failed {
+                                server: "port-relay",
+                                error,
+                            });
+                        }
+                    })?;
+                run_machine(
+                    name,
+                    port_server::Server::new(config, seed),
+                    [
+                        port_server::Command::Listen(listen),
+                        port_server::Command::Shutdown,
+                    ],
+                    move |event| super::port_relay::relay_event(event, &failed),
+                )
+            }
+            ServerSpec::PortForward { config } => {
+                tracing::info!(relay = %config.relay, local = %config.local, protocol = %config.protocol, "forwarding");
+                run_machine(
+                    name,
+                    forwarder::Forwarder::new(config),
+                    [forwarder::Command::Start, forwarder::Command::Stop],
+                    super::port_relay::forwarder_event,
                 )
             }
         }
@@ -286,7 +333,7 @@ struct Running {
 }
 
 /// The line scripts wait for: `<server> listening on <addr>`.
-fn announce(server: &str, local: SocketAddr) {
+pub fn announce(server: &str, local: SocketAddr) {
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{server} listening on {local}");
     let _ = out.flush();

@@ -3,3 +3,4 @@
 pub mod config;
 pub mod daemon;
 pub mod name_client;
+pub mod port_relay;

@@ -9,10 +9,7 @@ use crate::testing::{Harness, LISTENER};
 const PUBLIC_PORT: u16 = 40_000;
 
 fn config() -> Config {
-    Config {
-        public_ip: "127.0.0.1".parse().unwrap(),
-        ..Config::default()
-    }
+    Config::default()
 }
 
 fn relay_with(config: Config) -> Harness<Server> {
@@ -144,6 +141,18 @@ fn pr2_each_client_gets_its_own_listener_closed_with_its_connection() {
     assert!(actions.contains(&Action::CloseListener { listener: l1 }));
     assert!(!actions.contains(&Action::CloseListener { listener: l2 }));
     assert_eq!(h.machine.client_count(), 1);
+}
+
+#[test]
+fn pr2_public_listeners_bind_the_configured_ip_or_the_control_ip() {
+    let mut h = relay_with(Config {
+        public_ip: Some("0.0.0.0".parse().unwrap()),
+        ..config()
+    });
+    let c = h.accept(1);
+    let (_, addr) = the_listen(&h.recv(c, b"multiplex\n"));
+    assert_eq!(addr, "0.0.0.0:0".parse().unwrap());
+    // Without one, the control listener's (127.0.0.1 in `relay`): see open_client.
 }
 
 #[test]
