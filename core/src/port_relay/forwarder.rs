@@ -29,6 +29,9 @@ use crate::codec::yamux::session::{self, Mode};
 use crate::io::{Action, ConnId, IdAllocator, Input, Machine};
 use crate::timer::Timers;
 
+/// What a user may send before its local connection is up, before it is paused.
+const EARLY_LIMIT: usize = 64 << 10;
+
 /// Forwarder settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -118,7 +121,14 @@ enum Role {
     /// A user took this pooled connection; its local connection is on the way.
     PoolUsed { local: ConnId, early: Vec<u8> },
     PoolLocal { relay: ConnId },
-    EventRelay { local: ConnId, up: bool, id: String },
+    /// `early`: what the user sent before the local connection was up.
+    EventRelay {
+        local: ConnId,
+        up: bool,
+        id: String,
+        early: Vec<u8>,
+        paused: bool,
+    },
     EventLocal { relay: ConnId, up: bool },
 }
 
@@ -260,7 +270,7 @@ impl Forwarder {
                     self.actions.push_back(Action::Close { conn });
                 }
             }
-            Some(Role::EventRelay { local, up, id }) => {
+            Some(Role::EventRelay { local, up, id, .. }) => {
                 *up = true;
                 let local = *local;
                 let data = format!("event\n{id}\n").into_bytes();
@@ -286,7 +296,17 @@ impl Forwarder {
         let relay_up = matches!(self.conns.get(&relay), Some(Role::EventRelay { up: true, .. }));
         let local_up = matches!(self.conns.get(&local), Some(Role::EventLocal { up: true, .. }));
         if relay_up && local_up {
-            self.conns.remove(&relay);
+            if let Some(Role::EventRelay { early, paused, .. }) = self.conns.remove(&relay) {
+                if !early.is_empty() {
+                    self.actions.push_back(Action::Send {
+                        conn: local,
+                        data: early,
+                    });
+                }
+                if paused {
+                    self.actions.push_back(Action::ResumeRead { conn: relay });
+                }
+            }
             self.conns.remove(&local);
             self.actions.push_back(Action::Pipe { a: relay, b: local });
         }
@@ -336,6 +356,15 @@ impl Forwarder {
             }
             Some(Role::PoolIdle) => self.pool_taken(conn, data, now),
             Some(Role::PoolUsed { early, .. }) => early.extend_from_slice(data),
+            // The relay splices the user as soon as it reads our answer, so
+            // the user's bytes may come before the local connection is up.
+            Some(Role::EventRelay { early, paused, .. }) => {
+                early.extend_from_slice(data);
+                if early.len() > EARLY_LIMIT && !*paused {
+                    *paused = true;
+                    self.actions.push_back(Action::PauseRead { conn });
+                }
+            }
             _ => {}
         }
     }
@@ -507,6 +536,8 @@ impl Forwarder {
                     local,
                     up: false,
                     id,
+                    early: Vec::new(),
+                    paused: false,
                 },
             );
             self.conns
@@ -555,6 +586,8 @@ impl Forwarder {
                 self.close(conn);
                 self.close(relay);
             }
+            // As for a pooled connection: the splice reads the FIN again.
+            Some(Role::EventRelay { up: true, .. }) if eof => {}
             Some(Role::EventRelay { local: other, .. })
             | Some(Role::EventLocal { relay: other, .. }) => {
                 let other = *other;

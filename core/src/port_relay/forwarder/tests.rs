@@ -140,6 +140,35 @@ fn pr15_event_ids_get_a_relay_and_a_local_connection_spliced_when_both_are_up() 
             }
         ]
     );
+    // The relay splices at once: the user's bytes (and FIN) may arrive before
+    // the local connection is up; they are kept for it.
+    let (relay2, local2) = (c[2].0, c[3].0);
+    let actions = connected(&mut h, relay2);
+    assert_eq!(sent(&actions, relay2), b"event\nid2\n");
+    assert!(h.recv(relay2, b"SET k v\r\n").is_empty());
+    assert!(h.input(Input::ReadClosed { conn: relay2 }).is_empty());
+    let actions = connected(&mut h, local2);
+    assert_eq!(
+        actions,
+        vec![
+            Action::Send {
+                conn: local2,
+                data: b"SET k v\r\n".to_vec()
+            },
+            Action::Pipe {
+                a: relay2,
+                b: local2
+            }
+        ]
+    );
+}
+
+#[test]
+fn pr15_a_failed_local_connect_closes_the_event_relay_side() {
+    let mut h = forwarder(Protocol::Event);
+    let control = start(&mut h, b"event\nnew\n");
+    h.recv(control, b"4532\n");
+    let c = connects(&h.recv(control, b"id1\nid2\n"));
     // A local connect failure closes the relay side (the relay then closes the user).
     let (relay2, local2) = (c[2].0, c[3].0);
     let actions = h.input(Input::ConnectFailed {
