@@ -660,7 +660,9 @@ impl Machine for Server {
             Input::Received { conn, data } => self.receive(conn, data, now),
             Input::Flushed { conn, bytes } => self.flushed(conn, bytes, now),
             // Not HALF_CLOSE: a runtime reports a FIN as `Closed`.
-            Input::Closed { conn } | Input::ReadClosed { conn } => self.forget(conn, CloseReason::PeerClosed, now),
+            Input::Closed { conn } | Input::ReadClosed { conn } => {
+                self.forget(conn, CloseReason::PeerClosed, now)
+            }
             // The server opens no connection, socket or tunnel of its own.
             Input::Connected { .. }
             | Input::ConnectFailed { .. }

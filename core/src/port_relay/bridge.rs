@@ -104,7 +104,6 @@ impl MuxBridge {
         self.by_conn.contains_key(&conn)
     }
 
-
     /// Set once the bridge ended; the owner then forgets it.
     pub(crate) fn ended(&self) -> Option<&BridgeEnd> {
         self.ended.as_ref()
@@ -376,9 +375,7 @@ impl MuxBridge {
             return;
         }
         self.ended = Some(end);
-        out.push_back(Action::Close {
-            conn: self.control,
-        });
+        out.push_back(Action::Close { conn: self.control });
         for (_, link) in std::mem::take(&mut self.links) {
             out.push_back(Action::Close { conn: link.conn });
         }

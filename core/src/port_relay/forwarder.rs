@@ -106,10 +106,18 @@ enum Phase {
     /// Waiting for the reconnect timer.
     Backoff,
     /// Control connection connecting, or waiting for the relay's answer.
-    Handshake { control: ConnId, buf: Vec<u8> },
+    Handshake {
+        control: ConnId,
+        buf: Vec<u8>,
+    },
     Multiplex(Box<MuxBridge>),
-    Pool { id: String },
-    Event { control: ConnId, buf: Vec<u8> },
+    Pool {
+        id: String,
+    },
+    Event {
+        control: ConnId,
+        buf: Vec<u8>,
+    },
 }
 
 #[derive(Debug)]
@@ -119,8 +127,13 @@ enum Role {
     PoolJoining,
     PoolIdle,
     /// A user took this pooled connection; its local connection is on the way.
-    PoolUsed { local: ConnId, early: Vec<u8> },
-    PoolLocal { relay: ConnId },
+    PoolUsed {
+        local: ConnId,
+        early: Vec<u8>,
+    },
+    PoolLocal {
+        relay: ConnId,
+    },
     /// `early`: what the user sent before the local connection was up.
     EventRelay {
         local: ConnId,
@@ -129,7 +142,10 @@ enum Role {
         early: Vec<u8>,
         paused: bool,
     },
-    EventLocal { relay: ConnId, up: bool },
+    EventLocal {
+        relay: ConnId,
+        up: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -259,10 +275,7 @@ impl Forwarder {
                 self.conns.remove(&conn);
                 if let Some(Role::PoolUsed { early, .. }) = self.conns.remove(&relay) {
                     if !early.is_empty() {
-                        self.actions.push_back(Action::Send {
-                            conn,
-                            data: early,
-                        });
+                        self.actions.push_back(Action::Send { conn, data: early });
                     }
                     self.actions.push_back(Action::ResumeRead { conn: relay });
                     self.actions.push_back(Action::Pipe { a: relay, b: conn });
@@ -293,8 +306,14 @@ impl Forwarder {
     }
 
     fn event_pair_ready(&mut self, relay: ConnId, local: ConnId) {
-        let relay_up = matches!(self.conns.get(&relay), Some(Role::EventRelay { up: true, .. }));
-        let local_up = matches!(self.conns.get(&local), Some(Role::EventLocal { up: true, .. }));
+        let relay_up = matches!(
+            self.conns.get(&relay),
+            Some(Role::EventRelay { up: true, .. })
+        );
+        let local_up = matches!(
+            self.conns.get(&local),
+            Some(Role::EventLocal { up: true, .. })
+        );
         if relay_up && local_up {
             if let Some(Role::EventRelay { early, paused, .. }) = self.conns.remove(&relay) {
                 if !early.is_empty() {
@@ -471,10 +490,12 @@ impl Forwarder {
         self.events.push_back(Event::PublicPort { port });
         match self.config.protocol {
             Protocol::Multiplex => {
-                let mut session = session::Config::default();
-                session.keepalive_interval =
-                    (!self.config.keepalive.is_zero()).then_some(self.config.keepalive);
-                session.keepalive_timeout = self.config.keepalive.max(Duration::from_secs(1));
+                let session = session::Config {
+                    keepalive_interval: (!self.config.keepalive.is_zero())
+                        .then_some(self.config.keepalive),
+                    keepalive_timeout: self.config.keepalive.max(Duration::from_secs(1)),
+                    ..session::Config::default()
+                };
                 let bridge = MuxBridge::new(conn, Mode::Server, session, now);
                 self.phase = Phase::Multiplex(Box::new(bridge));
                 if rest.is_empty() {

@@ -141,7 +141,10 @@ mod tests {
         assert_eq!(take_line(&[b'a'; MAX_LINE]), Line::Incomplete);
         let mut long = vec![b'a'; MAX_LINE];
         long.push(b'\n');
-        assert_eq!(take_line(&long), Line::Done(&long[..MAX_LINE], MAX_LINE + 1));
+        assert_eq!(
+            take_line(&long),
+            Line::Done(&long[..MAX_LINE], MAX_LINE + 1)
+        );
         long.insert(0, b'a');
         assert_eq!(take_line(&long), Line::TooLong);
         assert_eq!(take_line(&[b'a'; MAX_LINE + 2]), Line::TooLong);
@@ -153,7 +156,10 @@ mod tests {
         let mut b = IdGen::new([2; 32]);
         let (x, y) = (a.next(), a.next());
         assert_eq!(x.len(), 32);
-        assert!(x.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            x.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert_ne!(x, y);
         assert_ne!(x, b.next());
         assert_eq!(IdGen::new([1; 32]).next(), x, "same seed, same ids");

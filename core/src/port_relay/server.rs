@@ -276,10 +276,8 @@ impl Server {
                     protocol: None,
                 },
             );
-            self.timers.set(
-                Timer::Handshake(conn),
-                now + self.config.handshake_timeout,
-            );
+            self.timers
+                .set(Timer::Handshake(conn), now + self.config.handshake_timeout);
             return;
         }
         let Some(&key) = self.by_listener.get(&listener) else {
@@ -578,13 +576,8 @@ impl Server {
                     idle: VecDeque::from([conn]),
                     waiting: VecDeque::new(),
                 };
-                self.conns.insert(
-                    conn,
-                    Role::PoolIdle {
-                        client: key,
-                        early,
-                    },
-                );
+                self.conns
+                    .insert(conn, Role::PoolIdle { client: key, early });
             }
             Protocol::Event => {
                 self.actions.push_back(Action::Send {
@@ -653,7 +646,8 @@ impl Server {
             }
         } else {
             idle.push_back(conn);
-            self.conns.insert(conn, Role::PoolIdle { client: key, early });
+            self.conns
+                .insert(conn, Role::PoolIdle { client: key, early });
         }
     }
 

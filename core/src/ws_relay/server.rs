@@ -764,7 +764,9 @@ impl Machine for Server {
                 }
             }
             // Not HALF_CLOSE: a runtime reports a FIN as `Closed`.
-            Input::Closed { conn } | Input::ReadClosed { conn } => self.forget(conn, None, "closed by peer".into()),
+            Input::Closed { conn } | Input::ReadClosed { conn } => {
+                self.forget(conn, None, "closed by peer".into())
+            }
             // The server opens no connection, socket or tunnel of its own.
             Input::Connected { .. }
             | Input::ConnectFailed { .. }

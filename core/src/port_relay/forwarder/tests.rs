@@ -75,7 +75,10 @@ fn pr15_pool_joins_up_to_its_size_and_replaces_a_used_connection() {
     let new = connects(&actions);
     assert_eq!(new.len(), 2, "{actions:?}");
     let (local, _) = *new.iter().find(|(_, a)| *a == local_addr()).unwrap();
-    assert!(new.iter().any(|(_, a)| *a == relay_addr()), "a replacement joins");
+    assert!(
+        new.iter().any(|(_, a)| *a == relay_addr()),
+        "a replacement joins"
+    );
     assert!(actions.contains(&Action::PauseRead { conn: first }));
     let actions = connected(&mut h, local);
     assert_eq!(sent(&actions, local), b"*1\r\n$4\r\nPING\r\n");
@@ -110,7 +113,10 @@ fn pr15_the_relays_refusal_on_a_pooled_connection_is_not_user_data() {
     let actions = h.recv(join, b"error: pool full\n");
     assert_eq!(actions, vec![Action::Close { conn: join }]);
     let actions = h.recv(first, b"error: unknown pool\n");
-    assert!(connects(&actions).is_empty(), "no local connect: {actions:?}");
+    assert!(
+        connects(&actions).is_empty(),
+        "no local connect: {actions:?}"
+    );
     assert!(matches!(h.events().last(), Some(Event::Lost { .. })));
 }
 

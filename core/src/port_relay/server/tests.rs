@@ -272,7 +272,10 @@ fn pr8_waiting_is_bounded_in_time_and_number() {
     let (public, _) = open_client(&mut h, 1, b"pool\nnew\n");
     user(&mut h, public, 100); // takes the idle one
     assert!(user(&mut h, public, 101).is_empty());
-    assert_eq!(user(&mut h, public, 102), vec![Action::Close { conn: ConnId(102) }]);
+    assert_eq!(
+        user(&mut h, public, 102),
+        vec![Action::Close { conn: ConnId(102) }]
+    );
     let actions = h.advance(Duration::from_secs(11));
     assert!(closes(&actions, ConnId(101)), "{actions:?}");
 }
@@ -314,7 +317,10 @@ fn pr9_pr10_users_are_announced_by_id_and_spliced_to_the_answer() {
                 conn: c,
                 data: b"hello".to_vec()
             },
-            Action::Pipe { a: ConnId(100), b: c }
+            Action::Pipe {
+                a: ConnId(100),
+                b: c
+            }
         ]
     );
     // Used once.
@@ -361,7 +367,10 @@ fn pr12_a_waiting_users_fin_is_left_for_the_splice() {
     let c = h.accept(2);
     let actions = h.recv(c, format!("pool\n{}\n", pool_id(&reply)).as_bytes());
     assert_eq!(sent_to(&actions, c), b"last words");
-    assert!(actions.contains(&Action::Pipe { a: ConnId(101), b: c }));
+    assert!(actions.contains(&Action::Pipe {
+        a: ConnId(101),
+        b: c
+    }));
 }
 
 #[test]
