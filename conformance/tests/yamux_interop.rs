@@ -8,17 +8,19 @@
 //! `consumed` as soon as it is handed to the test, or, when echoing, as soon as
 //! the echo was taken by `send`, so flow control is exercised both ways.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_std::net::{TcpListener, TcpStream};
 use async_std::task::{self, JoinHandle};
 use ferry_core::codec::yamux::GoAwayCode;
 use ferry_core::codec::yamux::session::{Config, Mode, Session, SessionEvent, StreamError};
-use futures::channel::mpsc;
 use futures::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "common/yamux_crate.rs"]
+mod yamux_crate;
+use yamux_crate::{CrateCmd, crate_echoes, theirs};
 
 /// Every test ends within this.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -301,100 +303,6 @@ async fn flush_output(session: &mut Session, socket: &mut TcpStream) -> Result<(
         socket.write_all(&out).await.map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// The crate's side: a yamux::Connection driven by one task.
-
-enum CrateCmd {
-    Open(async_channel::Sender<yamux::Stream>),
-    Close,
-}
-
-/// A running `yamux::Connection`.
-struct Theirs {
-    cmds: mpsc::UnboundedSender<CrateCmd>,
-    inbound: async_channel::Receiver<yamux::Stream>,
-    task: JoinHandle<Result<(), yamux::ConnectionError>>,
-}
-
-impl Theirs {
-    async fn open(&self) -> yamux::Stream {
-        let (tx, rx) = async_channel::bounded(1);
-        self.cmds
-            .unbounded_send(CrateCmd::Open(tx))
-            .expect("the crate's connection is running");
-        rx.recv().await.expect("the crate opened a stream")
-    }
-
-    async fn accept(&self) -> yamux::Stream {
-        self.inbound.recv().await.expect("an inbound stream")
-    }
-}
-
-fn theirs(socket: TcpStream, mode: yamux::Mode) -> Theirs {
-    let (cmds, mut cmd_rx) = mpsc::unbounded();
-    let (inbound_tx, inbound) = async_channel::unbounded();
-    let mut conn = yamux::Connection::new(socket, yamux::Config::default(), mode);
-    let task = task::spawn(async move {
-        let mut waiting: VecDeque<async_channel::Sender<yamux::Stream>> = VecDeque::new();
-        let mut closing = false;
-        std::future::poll_fn(|cx| {
-            loop {
-                while let Poll::Ready(Some(cmd)) =
-                    futures::StreamExt::poll_next_unpin(&mut cmd_rx, cx)
-                {
-                    match cmd {
-                        CrateCmd::Open(reply) => waiting.push_back(reply),
-                        CrateCmd::Close => closing = true,
-                    }
-                }
-                if closing {
-                    return conn.poll_close(cx);
-                }
-                while let Some(reply) = waiting.pop_front() {
-                    match conn.poll_new_outbound(cx) {
-                        Poll::Ready(Ok(stream)) => {
-                            let _ = reply.try_send(stream);
-                        }
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => {
-                            waiting.push_front(reply);
-                            break;
-                        }
-                    }
-                }
-                match conn.poll_next_inbound(cx) {
-                    Poll::Ready(Some(Ok(stream))) => {
-                        let _ = inbound_tx.try_send(stream);
-                    }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                    Poll::Ready(None) => return Poll::Ready(Ok(())),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-        })
-        .await
-    });
-    Theirs {
-        cmds,
-        inbound,
-        task,
-    }
-}
-
-/// Echo every stream the crate accepts: copy until EOF, then close (FIN).
-fn crate_echoes(theirs: &Theirs) {
-    let inbound = theirs.inbound.clone();
-    task::spawn(async move {
-        while let Ok(stream) = inbound.recv().await {
-            task::spawn(async move {
-                let (mut r, mut w) = stream.split();
-                futures::io::copy(&mut r, &mut w).await.expect("echo copy");
-                w.close().await.expect("echo close");
-            });
-        }
-    });
 }
 
 /// Write `data` on a crate stream and close it, while reading everything back.
