@@ -385,3 +385,223 @@ fn shutdown_closes_every_listener_and_connection() {
     assert!(closes(&actions, pending));
     assert_eq!(h.machine.poll_timeout(), None);
 }
+
+mod multiplex {
+    //! PR-3..PR-5, with a yamux session in the test playing the relay client.
+
+    use super::*;
+    use crate::codec::yamux::INITIAL_WINDOW;
+    use crate::codec::yamux::session::{
+        Config as SessionConfig, Session, SessionEvent, StreamError,
+    };
+
+    const CONTROL: ConnId = ConnId(1);
+
+    struct Mux {
+        h: Harness<Server>,
+        public: ListenerId,
+        client: Session,
+    }
+
+    impl Mux {
+        fn new() -> Mux {
+            let mut h = relay();
+            let (public, reply) = open_client(&mut h, 1, b"multiplex\n");
+            assert_eq!(reply, format!("{PUBLIC_PORT}\n"));
+            let client = Session::new(
+                Mode::Server,
+                SessionConfig {
+                    keepalive_interval: None,
+                    ..SessionConfig::default()
+                },
+                h.now,
+            );
+            Mux { h, public, client }
+        }
+
+        /// Feed the relay's control bytes in `actions` to the client session;
+        /// the other actions.
+        fn deliver(&mut self, actions: Vec<Action>) -> Vec<Action> {
+            let mut rest = Vec::new();
+            for action in actions {
+                match action {
+                    Action::Send { conn, data } if conn == CONTROL => {
+                        self.client.receive(&data, self.h.now).expect("valid yamux");
+                    }
+                    other => rest.push(other),
+                }
+            }
+            rest
+        }
+
+        /// Client session output to the relay; the relay's non-control actions.
+        fn push(&mut self) -> Vec<Action> {
+            let bytes = self.client.take_output();
+            let actions = self.h.recv(CONTROL, &bytes);
+            self.deliver(actions)
+        }
+
+        fn events(&mut self) -> Vec<SessionEvent> {
+            std::iter::from_fn(|| self.client.poll_event()).collect()
+        }
+
+        fn user(&mut self, conn: u64) -> u32 {
+            let actions = user(&mut self.h, self.public, conn);
+            assert!(self.deliver(actions).is_empty());
+            match self.events()[..] {
+                [SessionEvent::Inbound(stream)] => stream,
+                ref other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn pr3_pr4_each_user_is_a_stream_the_relay_opens_with_an_odd_id() {
+        let mut m = Mux::new();
+        assert_eq!(m.user(100), 1);
+        assert_eq!(m.user(101), 3);
+        let actions = m.h.recv(ConnId(100), b"hello");
+        assert!(m.deliver(actions).is_empty());
+        assert_eq!(
+            m.events(),
+            vec![SessionEvent::Data {
+                stream: 1,
+                data: b"hello".to_vec()
+            }]
+        );
+        m.client.send(3, b"to 101").expect("open stream");
+        let actions = m.push();
+        assert_eq!(
+            actions,
+            vec![Action::Send {
+                conn: ConnId(101),
+                data: b"to 101".to_vec()
+            }]
+        );
+    }
+
+    #[test]
+    fn pr4_fin_travels_both_ways_and_reset_closes_the_user() {
+        let mut m = Mux::new();
+        let s = m.user(100);
+        let actions = m.h.input(Input::ReadClosed { conn: ConnId(100) });
+        assert!(m.deliver(actions).is_empty());
+        assert_eq!(m.events(), vec![SessionEvent::Finished(s)]);
+        m.client.send(s, b"last").expect("still writable");
+        m.client.finish(s).expect("fin");
+        let actions = m.push();
+        assert_eq!(
+            actions,
+            vec![
+                Action::Send {
+                    conn: ConnId(100),
+                    data: b"last".to_vec()
+                },
+                Action::Shutdown { conn: ConnId(100) },
+                Action::Close { conn: ConnId(100) },
+            ]
+        );
+        assert_eq!(m.events(), vec![SessionEvent::Closed(s)]);
+        let s = m.user(101);
+        m.client.reset(s);
+        assert_eq!(m.push(), vec![Action::Close { conn: ConnId(101) }]);
+        // The user resetting is an RST on its stream.
+        let s = m.user(102);
+        let actions = m.h.input(Input::Closed { conn: ConnId(102) });
+        assert!(m.deliver(actions).is_empty());
+        assert_eq!(m.events(), vec![SessionEvent::Reset(s)]);
+    }
+
+    #[test]
+    fn pr13_credit_returns_only_as_the_user_takes_the_bytes() {
+        let mut m = Mux::new();
+        let s = m.user(100);
+        let window = INITIAL_WINDOW as usize;
+        let data = vec![7u8; window + 1000];
+        assert_eq!(
+            m.client.send(s, &data),
+            Ok(window),
+            "the window is the limit"
+        );
+        let sent: usize = m
+            .push()
+            .iter()
+            .map(|a| match a {
+                Action::Send { conn, data } if *conn == ConnId(100) => data.len(),
+                other => panic!("{other:?}"),
+            })
+            .sum();
+        assert_eq!(sent, window);
+        assert_eq!(m.client.send(s, &data[window..]), Ok(0), "no credit yet");
+        // The user's socket takes half: the relay credits it back.
+        let actions = m.h.input(Input::Flushed {
+            conn: ConnId(100),
+            bytes: window / 2,
+        });
+        assert!(m.deliver(actions).is_empty());
+        assert_eq!(m.events(), vec![SessionEvent::Writable(s)]);
+        assert_eq!(m.client.send(s, &data[window..]), Ok(1000));
+    }
+
+    #[test]
+    fn pr13_a_closed_window_pauses_the_user_until_writable() {
+        let mut m = Mux::new();
+        let s = m.user(100);
+        let window = INITIAL_WINDOW as usize;
+        let actions = m.h.recv(ConnId(100), &vec![1u8; window + 10]);
+        let rest = m.deliver(actions);
+        assert_eq!(rest, vec![Action::PauseRead { conn: ConnId(100) }]);
+        let got: usize = m
+            .events()
+            .iter()
+            .map(|e| match e {
+                SessionEvent::Data { data, .. } => data.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(got, window);
+        m.client.consumed(s, window);
+        let actions = m.push();
+        assert_eq!(actions, vec![Action::ResumeRead { conn: ConnId(100) }]);
+    }
+
+    #[test]
+    fn pr5_the_session_ends_with_the_control_connection_or_a_protocol_error() {
+        let mut m = Mux::new();
+        m.user(100);
+        let actions = m.h.input(Input::Closed { conn: CONTROL });
+        assert!(actions.contains(&Action::Close { conn: ConnId(100) }));
+        assert!(actions.contains(&Action::CloseListener { listener: m.public }));
+
+        let mut m = Mux::new();
+        m.user(100);
+        let actions = m.h.recv(CONTROL, &[9; 12]);
+        // GoAway (type 3, protocol error 1) goes out before the close.
+        let goaway = sent_to(&actions, CONTROL);
+        assert_eq!(&goaway[..4], &[0, 3, 0, 0]);
+        assert_eq!(&goaway[8..12], &[0, 0, 0, 1]);
+        assert!(closes(&actions, CONTROL));
+        assert!(closes(&actions, ConnId(100)));
+        assert_eq!(m.h.machine.client_count(), 0);
+    }
+
+    #[test]
+    fn pr5_unanswered_keepalives_end_the_session() {
+        let mut m = Mux::new();
+        let actions = m.h.advance(Duration::from_secs(30));
+        assert!(!sent_to(&actions, CONTROL).is_empty(), "a ping");
+        let actions = m.h.advance(Duration::from_secs(31));
+        assert!(closes(&actions, CONTROL), "{actions:?}");
+        assert_eq!(m.h.machine.client_count(), 0);
+    }
+
+    #[test]
+    fn pr5_an_inbound_stream_from_the_client_is_refused() {
+        let mut m = Mux::new();
+        let s = m.client.open().expect("open");
+        assert!(m.push().is_empty());
+        // The session acknowledges the SYN; the relay then resets the stream.
+        assert_eq!(m.events().last(), Some(&SessionEvent::Reset(s)));
+        assert_eq!(m.client.send(s, b"x"), Err(StreamError::Unknown(s)));
+    }
+}
