@@ -61,11 +61,11 @@ impl World {
         let relay = sim.add_machine(server::Server::new(server::Config::default(), seed));
         sim.command(
             relay,
-            server::Command::Listen("0.0.0.0:7000".parse().unwrap()),
+            server::Command::Listen("0.0.0.0:7000".parse().expect("addr")),
         );
         sim.run_until_idle();
         let relay_addr = sim.listen_addr(relay).expect("the relay listens");
-        let local = sim.listen("0.0.0.0:6379".parse().unwrap());
+        let local = sim.listen("0.0.0.0:6379".parse().expect("addr"));
         let mut config = forwarder::Config::new(relay_addr, sim.listener_addr(local), protocol);
         config.pool_size = 3;
         let forwarder = sim.add_machine(forwarder::Forwarder::new(config));
