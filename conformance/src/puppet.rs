@@ -30,6 +30,7 @@ pub enum Seen {
     Connected(ConnId),
     ConnectFailed(ConnId),
     Received(ConnId, Vec<u8>),
+    ReadClosed(ConnId),
     Closed(ConnId),
     Flushed(ConnId, usize),
     UdpBound(SocketId, SocketAddr),
@@ -51,6 +52,7 @@ impl Record for Seen {
             Input::Connected { conn, .. } => Seen::Connected(conn),
             Input::ConnectFailed { conn, .. } => Seen::ConnectFailed(conn),
             Input::Received { conn, data } => Seen::Received(conn, data.to_vec()),
+            Input::ReadClosed { conn } => Seen::ReadClosed(conn),
             Input::Closed { conn } => Seen::Closed(conn),
             Input::Flushed { conn, bytes } => Seen::Flushed(conn, bytes),
             Input::UdpBound { socket, local } => Seen::UdpBound(socket, local),
@@ -80,7 +82,11 @@ pub enum Do<E> {
 }
 
 /// Does what it is told and records every input it gets.
-pub struct Puppet<E> {
+///
+/// `HALF_CLOSE` is the machine's [`Machine::HALF_CLOSE`]: with `true` a peer's FIN
+/// is recorded as `ReadClosed` and the connection stays writable (see
+/// [`HalfClosePuppet`]).
+pub struct Puppet<E, const HALF_CLOSE: bool = false> {
     ids: IdAllocator,
     echo: bool,
     wake: Option<Instant>,
@@ -88,7 +94,10 @@ pub struct Puppet<E> {
     events: VecDeque<E>,
 }
 
-impl<E> Default for Puppet<E> {
+/// A [`Puppet`] that handles half-closed connections ([`Machine::HALF_CLOSE`]).
+pub type HalfClosePuppet<E> = Puppet<E, true>;
+
+impl<E, const HALF_CLOSE: bool> Default for Puppet<E, HALF_CLOSE> {
     fn default() -> Self {
         Self {
             ids: IdAllocator::default(),
@@ -100,7 +109,7 @@ impl<E> Default for Puppet<E> {
     }
 }
 
-impl<E> Puppet<E> {
+impl<E, const HALF_CLOSE: bool> Puppet<E, HALF_CLOSE> {
     /// A puppet that echoes from the start if `echo` (see [`Do::Echo`]).
     pub fn new(echo: bool) -> Self {
         Self {
@@ -120,9 +129,11 @@ impl<E> Puppet<E> {
     }
 }
 
-impl<E: Record> Machine for Puppet<E> {
+impl<E: Record, const HALF_CLOSE: bool> Machine for Puppet<E, HALF_CLOSE> {
     type Command = Do<E>;
     type Event = E;
+
+    const HALF_CLOSE: bool = HALF_CLOSE;
 
     fn handle_input(&mut self, input: Input<'_>, _now: Instant) {
         if self.echo {

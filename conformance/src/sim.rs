@@ -36,17 +36,30 @@
 //! `Close` makes one attempt to move what is queued into the socket (or keeps
 //! writing for [`SimConfig::close_linger`]), drops the rest, and the other end reads
 //! EOF after the bytes that made it; nothing more is reported for that connection,
-//! nor for a connection, listener or socket closed before its answer came. A
-//! client's close reaches the machine as `Closed` after all the client's bytes were
-//! read; a machine that writes to a closed client while it is not reading learns it
-//! from the failed write (`Closed`), as with a real reset. `Pipe` splices two
-//! connections inside the simulator, bounded by the window; a `Send` to a piped
-//! connection joins the spliced stream in order. As in both runtimes, a `Pipe` of
-//! an unknown, closed, piped or identical connection closes the sides that exist,
-//! and a `Closed` the simulator decides while executing actions (the other side of
-//! a closed pipe) comes after the drain, like any other input. A repeated
-//! `PauseRead` grants no new read-ahead. TCP has no latency: order and splits are
-//! random, time does not pass.
+//! nor for a connection, listener or socket closed before its answer came.
+//!
+//! Each direction ends on its own with a FIN: a sender that closes or shuts down
+//! (`Action::Shutdown`, [`Sim::client_shutdown`]) sets it behind what it queued,
+//! and the receiver reads EOF once every byte before it was read, while the other
+//! direction goes on. A machine reads a FIN as `ReadClosed` if it has
+//! [`Machine::HALF_CLOSE`] (the connection stays writable until its `Close`),
+//! else as `Closed` (the simulator closes the connection). A `Send` after a
+//! `Shutdown` is dropped. A client's close reaches the machine as a FIN after all
+//! the client's bytes were read; a machine that writes to a closed client while it
+//! is not reading, or after it read the FIN, learns it from the failed write
+//! (`Closed`), as with a real reset.
+//!
+//! `Pipe` splices two connections inside the simulator, bounded by the window; a
+//! `Send` to a piped connection joins the spliced stream in order. A FIN read on
+//! one side shuts the other side down behind what was forwarded (a FIN a
+//! half-closing machine heard of before the `Pipe` at once); when both directions
+//! ended so, both sides close and are reported `Closed`. A pipe's write to a peer
+//! that has closed fails the pipe at once: both sides are closed and reported.
+//! As in both runtimes, a `Pipe` of an unknown, closed, piped or identical
+//! connection closes the sides that exist, and a `Closed` the simulator decides
+//! while executing actions (the other side of a closed pipe) comes after the
+//! drain, like any other input. A repeated `PauseRead` grants no new read-ahead.
+//! TCP has no latency: order and splits are random, time does not pass.
 //!
 //! # UDP and TUN
 //!

@@ -2,7 +2,7 @@
 //! machine: every command is an action to execute, every input becomes an event.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use async_std::io::prelude::*;
@@ -15,6 +15,12 @@ use ferry_core::io::CORE_ID_BIT;
 use ferry_core::{Action, ConnId, ListenerId, Machine, SocketId};
 
 type Puppet = puppet::Puppet<Seen>;
+/// A puppet with `HALF_CLOSE`: a FIN is `ReadClosed`.
+type HalfClosePuppet = puppet::HalfClosePuppet<Seen>;
+
+/// Either puppet.
+trait Probe: Machine<Command = Do<Seen>, Event = Seen> + Send + 'static {}
+impl<M: Machine<Command = Do<Seen>, Event = Seen> + Send + 'static> Probe for M {}
 
 async fn within<T>(what: &str, secs: u64, future: impl Future<Output = T>) -> T {
     match async_std::future::timeout(Duration::from_secs(secs), future).await {
@@ -27,13 +33,13 @@ fn puppet() -> Driver<Puppet> {
     Driver::spawn(Puppet::default(), DriverConfig::default())
 }
 
-async fn act(driver: &Driver<Puppet>, action: Action) {
+async fn act<M: Probe>(driver: &Driver<M>, action: Action) {
     within("command", 5, driver.command(Do::Act(action)))
         .await
         .expect("driver running");
 }
 
-async fn send(driver: &Driver<Puppet>, conn: ConnId, data: &[u8]) {
+async fn send<M: Probe>(driver: &Driver<M>, conn: ConnId, data: &[u8]) {
     act(
         driver,
         Action::Send {
@@ -55,7 +61,7 @@ where
 }
 
 /// The next event that is not `Flushed`.
-async fn next_skipping_flushed(driver: &Driver<Puppet>) -> Seen {
+async fn next_skipping_flushed<M: Probe>(driver: &Driver<M>) -> Seen {
     loop {
         match next(driver).await {
             Seen::Flushed(..) => {}
@@ -65,7 +71,7 @@ async fn next_skipping_flushed(driver: &Driver<Puppet>) -> Seen {
 }
 
 /// Bytes the puppet receives on `conn` until it has `len` of them.
-async fn received(driver: &Driver<Puppet>, conn: ConnId, len: usize) -> Vec<u8> {
+async fn received<M: Probe>(driver: &Driver<M>, conn: ConnId, len: usize) -> Vec<u8> {
     let mut got = Vec::new();
     while got.len() < len {
         match next_skipping_flushed(driver).await {
@@ -81,7 +87,7 @@ fn core_conn(n: u64) -> ConnId {
 }
 
 /// Have the puppet listen on a loopback port: what `Listening` said.
-async fn listen(driver: &Driver<Puppet>, listener: ListenerId) -> (ListenerId, SocketAddr) {
+async fn listen<M: Probe>(driver: &Driver<M>, listener: ListenerId) -> (ListenerId, SocketAddr) {
     act(
         driver,
         Action::Listen {
@@ -298,12 +304,14 @@ fn pipe_splices_two_connections_both_ways() {
             .expect("read");
         assert_eq!(&back, b"from b");
 
-        // One side ends: both are closed and reported.
+        // One side ends: its FIN is carried through; once the other side ends
+        // too, both are closed and reported.
         drop(a);
         let mut rest = Vec::new();
         within("b sees the close", 5, b.read_to_end(&mut rest))
             .await
             .expect("eof");
+        drop(b);
         let mut closed = vec![
             next_skipping_flushed(&driver).await,
             next_skipping_flushed(&driver).await,
@@ -631,5 +639,226 @@ fn piping_a_piped_connection_again_ends_the_old_pipe_too() {
         let mut want = vec![Seen::Closed(conn_d), Seen::Closed(conn_f)];
         want.sort_by_key(|s| format!("{s:?}"));
         assert_eq!(closed, want);
+    });
+}
+
+/// The events before `Pong(n)`: every earlier command was executed.
+async fn sync<M: Probe>(driver: &Driver<M>, n: u32) -> Vec<Seen> {
+    within("command", 5, driver.command(Do::Mark(Seen::Pong(n))))
+        .await
+        .expect("driver running");
+    let mut before = Vec::new();
+    loop {
+        match next(driver).await {
+            Seen::Pong(m) if m == n => return before,
+            other => before.push(other),
+        }
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn half_close_machine_gets_read_closed_and_replies_before_its_shutdown() {
+    task::block_on(async {
+        let driver = Driver::spawn(HalfClosePuppet::default(), DriverConfig::default());
+        let (_, addr) = listen(&driver, ListenerId(CORE_ID_BIT | 1)).await;
+        let (mut client, _, conn) = accept(&driver, addr).await;
+        within("write", 5, client.write_all(b"request"))
+            .await
+            .expect("write");
+        client.shutdown(Shutdown::Write).expect("half-close");
+        assert_eq!(received(&driver, conn, 7).await, b"request");
+        assert_eq!(next_skipping_flushed(&driver).await, Seen::ReadClosed(conn));
+
+        // Still writable: the reply, then a FIN; a Send after Shutdown is dropped.
+        send(&driver, conn, b"reply").await;
+        act(&driver, Action::Shutdown { conn }).await;
+        send(&driver, conn, b"dropped").await;
+        act(
+            &driver,
+            Action::Shutdown {
+                conn: core_conn(77),
+            },
+        )
+        .await;
+        let mut back = Vec::new();
+        within("reply, then EOF", 10, client.read_to_end(&mut back))
+            .await
+            .expect("read");
+        assert_eq!(back, b"reply");
+        // The writer reports what it wrote after the peer may have read it.
+        let mut flushed = 0;
+        while flushed < 5 {
+            match next(&driver).await {
+                Seen::Flushed(c, n) if c == conn => flushed += n,
+                other => panic!("a half-closed connection lives until Close: {other:?}"),
+            }
+        }
+        let after = sync(&driver, 1).await;
+        assert!(
+            after.is_empty(),
+            "the dropped Send is never Flushed, nothing else comes: {after:?}"
+        );
+        act(&driver, Action::Close { conn }).await;
+        let after = sync(&driver, 2).await;
+        assert!(
+            !after.iter().any(|s| matches!(s, Seen::Closed(_))),
+            "input after Close: {after:?}"
+        );
+    });
+}
+
+#[test]
+fn shutdown_keeps_reading_for_a_machine_without_half_close() {
+    task::block_on(async {
+        let driver = puppet();
+        let (_, addr) = listen(&driver, ListenerId(CORE_ID_BIT | 1)).await;
+        let (mut client, _, conn) = accept(&driver, addr).await;
+        send(&driver, conn, b"bye").await;
+        act(&driver, Action::Shutdown { conn }).await;
+        let mut back = Vec::new();
+        within("bytes, then EOF", 10, client.read_to_end(&mut back))
+            .await
+            .expect("read");
+        assert_eq!(back, b"bye");
+        within("write", 5, client.write_all(b"still read"))
+            .await
+            .expect("write");
+        assert_eq!(received(&driver, conn, 10).await, b"still read");
+        drop(client);
+        assert_eq!(next_skipping_flushed(&driver).await, Seen::Closed(conn));
+        let after = sync(&driver, 1).await;
+        assert!(!after.iter().any(|s| matches!(s, Seen::ReadClosed(_))));
+    });
+}
+
+/// `from` writes `data` and half-closes; what `to` reads until EOF (late, and
+/// slowly: a pause after every read, so its socket stays full).
+async fn half_close_transfer(from: &TcpStream, to: &TcpStream, data: Vec<u8>) -> Vec<u8> {
+    let mut writer = from.clone();
+    let writing = task::spawn(async move {
+        writer.write_all(&data).await?;
+        writer.shutdown(Shutdown::Write)
+    });
+    // Let the writer get ahead (and its FIN, if the data fits in the buffers).
+    task::sleep(Duration::from_millis(200)).await;
+    let mut reader = to.clone();
+    let reading = async {
+        let mut got = Vec::new();
+        let mut buf = vec![0; 64 << 10];
+        loop {
+            let n = reader.read(&mut buf).await.expect("read before EOF");
+            if n == 0 {
+                return got;
+            }
+            got.extend_from_slice(&buf[..n]);
+            task::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let got = within("read until EOF", 30, reading).await;
+    within("write, then shutdown", 10, writing)
+        .await
+        .expect("write, then shutdown");
+    got
+}
+
+/// The machine hears `Closed` for both sides of a pipe, and nothing else after.
+async fn expect_pipe_closed<M: Probe>(driver: &Driver<M>, a: ConnId, b: ConnId, ping: u32) {
+    let mut closed = Vec::new();
+    while closed.len() < 2 {
+        match next(driver).await {
+            Seen::Closed(c) => closed.push(c),
+            Seen::Flushed(..) => {}
+            other => panic!("the machine saw {other:?}"),
+        }
+    }
+    closed.sort();
+    assert_eq!(closed, vec![a, b]);
+    let after = sync(driver, ping).await;
+    assert!(after.is_empty(), "after the pipe ended: {after:?}");
+}
+
+/// Two clients piped together; each half-closes in turn after sending `len` bytes.
+async fn pipe_half_close<M: Probe>(driver: Driver<M>, len: usize) {
+    let (_, addr) = listen(&driver, ListenerId(CORE_ID_BIT | 1)).await;
+    let (x, _, a) = accept(&driver, addr).await;
+    let (y, _, b) = accept(&driver, addr).await;
+    act(&driver, Action::Pipe { a, b }).await;
+    sync(&driver, 1).await;
+
+    let request = pattern(len);
+    let response: Vec<u8> = request.iter().rev().copied().collect();
+    // X sends its request and half-closes; Y reads it all, then EOF.
+    let got = half_close_transfer(&x, &y, request.clone()).await;
+    assert!(
+        got == request,
+        "Y read other bytes ({} of {len})",
+        got.len()
+    );
+    // The other direction still works after the first FIN.
+    let got = half_close_transfer(&y, &x, response.clone()).await;
+    assert!(
+        got == response,
+        "X read other bytes ({} of {len})",
+        got.len()
+    );
+    expect_pipe_closed(&driver, a, b, 2).await;
+}
+
+#[test]
+fn pipe_carries_half_close_both_ways() {
+    task::block_on(async {
+        let half = Driver::spawn(HalfClosePuppet::default(), DriverConfig::default());
+        pipe_half_close(half, 7).await;
+        pipe_half_close(puppet(), 7).await;
+    });
+}
+
+#[test]
+fn pipe_carries_half_close_after_large_transfers() {
+    task::block_on(async {
+        let half = Driver::spawn(HalfClosePuppet::default(), DriverConfig::default());
+        pipe_half_close(half, 8 << 20).await;
+    });
+}
+
+/// A FIN the half-closing machine heard of before the `Pipe` is carried through
+/// at once, but only after the 8 MiB the machine queued for the other side
+/// (more than its socket takes: the driver still holds megabytes then).
+#[test]
+fn pipe_carries_an_earlier_fin_after_the_bytes_still_queued() {
+    const LEN: usize = 8 << 20;
+    task::block_on(async {
+        let driver = Driver::spawn(HalfClosePuppet::default(), DriverConfig::default());
+        let (_, addr) = listen(&driver, ListenerId(CORE_ID_BIT | 1)).await;
+        let (mut x, _, a) = accept(&driver, addr).await;
+        let (mut y, _, b) = accept(&driver, addr).await;
+        within("write", 5, x.write_all(b"request"))
+            .await
+            .expect("write");
+        x.shutdown(Shutdown::Write).expect("half-close");
+        assert_eq!(received(&driver, a, 7).await, b"request");
+        assert_eq!(next_skipping_flushed(&driver).await, Seen::ReadClosed(a));
+        let queued = pattern(LEN);
+        send(&driver, b, &queued).await;
+        act(&driver, Action::Pipe { a, b }).await;
+        // Flushed for b's bytes may come before the Pipe is executed.
+        let before = sync(&driver, 1).await;
+        assert!(
+            before.iter().all(|s| matches!(s, Seen::Flushed(..))),
+            "{before:?}"
+        );
+
+        let got = half_close_transfer(&y, &x, b"response".to_vec()).await;
+        assert_eq!(got, b"response");
+        let mut got = Vec::new();
+        within("the queued bytes, then EOF", 30, y.read_to_end(&mut got))
+            .await
+            .expect("read");
+        assert!(got == queued, "Y read other bytes ({} of {LEN})", got.len());
+        expect_pipe_closed(&driver, a, b, 2).await;
     });
 }

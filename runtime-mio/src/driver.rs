@@ -23,11 +23,17 @@
 //! | `Connect` | `Connected` or `ConnectFailed` (nothing after it) |
 //! | `Send` | `Flushed` as bytes reach the socket; `Closed` if the socket fails |
 //! | `Close` | none, ever, for that connection (one non-blocking write attempt, then shutdown and drop) |
+//! | `Shutdown` | none: the write direction is shut down (`FIN`) once every earlier `Send` is written; later `Send`s are dropped; reading goes on |
 //! | `PauseRead` / `ResumeRead` | no `Received` between them (none is buffered by the driver) |
-//! | `Pipe{a, b}` | no `Received` for the spliced bytes and no `Flushed` for `a` or `b` (a later `Send` joins the spliced stream); `Closed` for **both** when either ends |
+//! | `Pipe{a, b}` | no `Received` for the spliced bytes and no `Flushed` for `a` or `b` (a later `Send` joins the spliced stream); `Closed` for **both** once both directions carried their `FIN` through, or at once when either side fails |
 //! | `BindUdp` | `UdpBound` or `UdpBindFailed`; then `Datagram`s |
 //! | `SendTo` / `CloseUdp` | none (UDP is lossy: a datagram the socket refuses is dropped) |
 //! | `WriteTun` | none: this runtime has no TUN device yet, the packet is dropped with a warning |
+//!
+//! A peer's `FIN` (a read of 0 bytes) is `Closed` and the connection is closed,
+//! unless the machine has [`Machine::HALF_CLOSE`]: then it is `ReadClosed`, the
+//! connection is no longer read but stays writable until the machine's `Close`
+//! (or a failed write: `Closed`).
 //!
 //! Runtime-allocated ids (accepted connections) count up from 1 and never carry
 //! [`CORE_ID_BIT`](ferry_core::io::CORE_ID_BIT). Actions naming an unknown id are
@@ -57,9 +63,13 @@
 //!
 //! After `Pipe{a, b}` the driver copies bytes between the two streams itself,
 //! with at most [`PIPE_BUFFER_SIZE`] (256 KiB) queued per direction: a side is
-//! read only as far as its destination's queue has room. When either side ends, both are reported `Closed` at once; what is
-//! still queued for a side is written within 30 s (then `FIN`), so a response
-//! followed by a close is not cut short.
+//! read only as far as its destination's queue has room. Half-close is carried
+//! through, whatever the machine's `HALF_CLOSE`: when a side reads `FIN`, the
+//! other side's write direction is shut down once everything read before it was
+//! written, and the opposite direction goes on. When both directions have ended
+//! so, both sides are closed and reported `Closed`. When a side fails (reset,
+//! write error), both are reported `Closed` at once; what is still queued for
+//! the side that did not fail is written within 30 s (then `FIN`).
 //!
 //! # Timers
 //!
@@ -483,7 +493,7 @@ impl<M: Machine> Driver<M> {
                 return;
             };
             match conn.state {
-                ConnState::Open if !conn.paused => {}
+                ConnState::Open if !conn.paused && !conn.read_closed => {}
                 ConnState::Piped(_) => {
                     self.sockets.pump(id, short_read_drains);
                     return;
@@ -491,6 +501,12 @@ impl<M: Machine> Driver<M> {
                 _ => return,
             }
             match conn.stream.read(&mut self.sockets.buf) {
+                Ok(0) if M::HALF_CLOSE => {
+                    // The peer half-closed: `id` stays writable until `Close`.
+                    self.sockets.set_read_closed(id);
+                    self.feed(Input::ReadClosed { conn: id }, on_event);
+                    return;
+                }
                 Ok(0) => {
                     self.sockets.lose(id);
                     self.settle(on_event);

@@ -110,6 +110,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsCo
 /// | `M`'s `Action::Close` | `close_notify`, then `Close` |
 /// | `Input::Flushed` (ciphertext bytes) | translated to plaintext bytes, see below |
 /// | `Input::Closed` | passed on |
+/// | `M`'s `Action::Shutdown` | passed on: the TCP write side is shut down after what was sent, without `close_notify` |
 /// | `PauseRead`, `ResumeRead`, ... | passed on unchanged |
 /// | `M`'s `Action::Pipe` of a TLS connection | refused: splicing would bypass TLS; both sides are closed and `M` gets `Closed` for each |
 ///
@@ -119,6 +120,13 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsCo
 /// that one connection: the adapter sends rustls's alert, closes, logs a
 /// warning (`tracing::warn!`) and reports `Closed` to `M`. A peer's
 /// `close_notify` counts as the peer closing (`Input::Closed`, as a half-close does).
+///
+/// # Half-close
+///
+/// TLS half-close is not supported: `TlsServer` keeps [`Machine::HALF_CLOSE`]
+/// `false` whatever `M` says, so a peer's FIN (or `close_notify`) reaches `M` as
+/// `Closed`, never `ReadClosed`. An `Action::Shutdown` from `M` is passed on as
+/// is (see the table), which a strict TLS peer may read as a truncation.
 ///
 /// # Back-pressure (`Flushed`)
 ///
@@ -347,6 +355,9 @@ impl<M: Machine> TlsServer<M> {
 impl<M: Machine> Machine for TlsServer<M> {
     type Command = M::Command;
     type Event = M::Event;
+
+    /// TLS half-close is not supported (see "Half-close" above), whatever `M` says.
+    const HALF_CLOSE: bool = false;
 
     fn handle_input(&mut self, input: Input<'_>, now: Instant) {
         match input {

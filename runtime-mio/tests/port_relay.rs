@@ -224,7 +224,7 @@ fn pr12_half_close_and_every_byte_in_order_in_each_protocol() {
         let users: Vec<_> = (0..4u8)
             .map(|i| {
                 thread::spawn(move || {
-                    let data = pattern(3 << 20 | usize::from(i) * 7919, i);
+                    let data = pattern((3 << 20) + usize::from(i) * 7919, i);
                     let mut user = TcpStream::connect(("127.0.0.1", public)).expect("connect");
                     user.set_read_timeout(Some(WAIT)).expect("timeout");
                     let writer = {

@@ -117,8 +117,8 @@ impl Sim {
         };
         let link = &mut self.links[l];
         assert!(
-            !link.ends[e].closed,
-            "client_send on client {} after client_close",
+            !link.ends[e].closed && !link.ends[e].shutdown,
+            "client_send on client {} after client_close or client_shutdown",
             client.0
         );
         self.record(format!("c{} send {} bytes", client.0, data.len()), data);
@@ -133,6 +133,18 @@ impl Sim {
         self.record(format!("c{} close", client.0), &[]);
         if let Some((l, e)) = self.peer_end(client) {
             self.close_end(l, e, true, true);
+        }
+    }
+
+    /// Half-close the client's socket (`shutdown(Write)`): its bytes still reach
+    /// the other side, then EOF; the client goes on reading. A machine with
+    /// `HALF_CLOSE` hears `ReadClosed`, the others `Closed`.
+    pub fn client_shutdown(&mut self, client: ClientId) {
+        self.record(format!("c{} shutdown", client.0), &[]);
+        if let Some((l, e)) = self.peer_end(client)
+            && !self.links[l].ends[e].closed
+        {
+            self.shut_down(l, e);
         }
     }
 

@@ -114,7 +114,10 @@ impl Sim {
             Owned::UdpBound { socket, .. } => slot.sockets.contains_key(socket),
             Owned::ListenFailed { .. } | Owned::UdpBindFailed { .. } | Owned::TunPacket(_) => true,
             // Data is delivered straight from the links, never queued as an answer.
-            Owned::Received { .. } | Owned::Flushed { .. } | Owned::Datagram { .. } => true,
+            Owned::Received { .. }
+            | Owned::ReadClosed { .. }
+            | Owned::Flushed { .. }
+            | Owned::Datagram { .. } => true,
         };
         if live {
             self.deliver(n, owned.as_input());
@@ -155,9 +158,18 @@ impl Sim {
                     let link = &mut self.links[l];
                     // After a `Pipe` this is the spliced stream: the bytes go in order
                     // with what the pipe forwards (and are never reported as `Flushed`).
-                    if !link.ends[e].closed {
+                    if link.ends[e].shutdown {
+                        let line = format!("n{n} send after shutdown dropped ({conn})");
+                        self.record(line, &[]);
+                    } else if !link.ends[e].closed {
                         link.dirs[e].write(&data);
                     }
+                }
+            }
+            Action::Shutdown { conn } => {
+                if let Some(&(l, e)) = self.nodes[n].conns.get(&conn) {
+                    // The FIN follows what is queued: the receiver reads EOF after it.
+                    self.shut_down(l, e);
                 }
             }
             Action::Close { conn } => {
@@ -255,6 +267,13 @@ impl Sim {
                     end.paused = false;
                     end.read_ahead = 0;
                 }
+                // A FIN a half-closing machine was told of before is carried through.
+                for ((l, e), (ol, oe)) in [(ea, eb), (eb, ea)] {
+                    if self.links[l].ends[e].eof {
+                        self.shut_down(ol, oe);
+                    }
+                }
+                self.end_pipe_if_done(ea, true);
             }
             _ => {
                 for conn in [a, b] {
@@ -266,6 +285,46 @@ impl Sim {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Shut end `e` of link `l` down for writing: later writes are dropped, the
+    /// other end reads EOF after what was queued.
+    pub(super) fn shut_down(&mut self, l: usize, e: usize) {
+        let link = &mut self.links[l];
+        link.ends[e].shutdown = true;
+        link.dirs[e].fin = true;
+    }
+
+    /// A spliced end whose both directions carried their FIN through: the pipe
+    /// ends, both sides close and are reported `Closed` (after the drain if `later`).
+    pub(super) fn end_pipe_if_done(&mut self, (l, e): (usize, usize), later: bool) {
+        let Some((pl, pe)) = self.links[l].ends[e].splice else {
+            return;
+        };
+        let done = |(l, e): (usize, usize)| {
+            let link = &self.links[l];
+            let end = &link.ends[e];
+            !end.closed && end.eof && link.dirs[e].fin && link.dirs[e].queue.is_empty()
+        };
+        if !done((l, e)) || !done((pl, pe)) {
+            return;
+        }
+        self.record(
+            format!("link {l} and link {pl}: pipe ended by both FINs"),
+            &[],
+        );
+        if later {
+            self.close_node_end_later(l, e);
+            self.close_node_end_later(pl, pe);
+        } else {
+            let reports: Vec<_> = [(l, e), (pl, pe)]
+                .into_iter()
+                .filter_map(|(l, e)| self.end_for_machine(l, e))
+                .collect();
+            for (node, conn) in reports {
+                self.deliver(node, Input::Closed { conn });
             }
         }
     }
@@ -495,10 +554,24 @@ impl Sim {
         let to_report = sender
             .node_conn()
             .filter(|_| !sender.closed && sender.splice.is_none());
-        if receiver_gone && sender.paused && to_report.is_some() {
-            // A machine that does not read learns of the close from the failed write.
+        if receiver_gone && (sender.paused || sender.eof) && to_report.is_some() {
+            // A machine that does not read (or read EOF already, being half-closing)
+            // learns of the close from the failed write.
             self.links[l].dirs[d].queue.clear();
             self.close_node_end(l, d);
+            return;
+        }
+        if receiver_gone
+            && !sender.closed
+            && sender.node_conn().is_some()
+            && let Some((pl, pe)) = sender.splice
+        {
+            // Writing a pipe's bytes to a peer that is gone fails: the pipe ends
+            // at once, both sides are closed and reported.
+            self.links[l].dirs[d].queue.clear();
+            self.record(format!("link {l}: pipe write to a closed peer"), &[]);
+            self.close_node_end(l, d);
+            self.close_node_end(pl, pe);
             return;
         }
         let n = self.chunk(available);
@@ -511,6 +584,8 @@ impl Sim {
         if let Some((node, conn)) = to_report {
             self.deliver(node, Input::Flushed { conn, bytes: moved });
         }
+        // The last bytes before a pipe's FIN are out: the pipe may be over.
+        self.end_pipe_if_done((l, d), false);
     }
 
     pub(super) fn read(&mut self, l: usize, d: usize) {
@@ -530,7 +605,18 @@ impl Sim {
                 self.record(format!("c{p} <- {} bytes", data.len()), &data);
                 self.peers[p].inbox.extend_from_slice(&data);
             }
-            (Owner::Node { .. }, Some((pl, pe))) => self.links[pl].dirs[pe].write(&data),
+            (Owner::Node { .. }, Some((pl, pe))) => {
+                if self.links[pl].ends[pe].shutdown {
+                    // The machine shut the other side down: like a `Send` after it.
+                    let line = format!(
+                        "link {pl}: {} piped bytes after shutdown dropped",
+                        data.len()
+                    );
+                    self.record(line, &[]);
+                } else {
+                    self.links[pl].dirs[pe].write(&data);
+                }
+            }
             (Owner::Node { node, conn }, None) => {
                 self.deliver(node, Input::Received { conn, data: &data });
             }
@@ -542,13 +628,17 @@ impl Sim {
         receiver.eof = true;
         match (receiver.owner, receiver.splice) {
             (Owner::Peer(p), _) => self.record(format!("c{p} <- EOF"), &[]),
-            (Owner::Node { .. }, splice) => {
-                // "When either side ends, the runtime closes both and reports Closed for each."
-                self.close_node_end(l, 1 - d);
-                if let Some((pl, pe)) = splice {
-                    self.close_node_end(pl, pe);
-                }
+            (Owner::Node { .. }, Some((pl, pe))) => {
+                // Half-close carried through: the other side gets a FIN after
+                // everything read from this one; the opposite direction goes on.
+                self.shut_down(pl, pe);
+                self.end_pipe_if_done((l, 1 - d), false);
             }
+            (Owner::Node { node, conn }, None) if self.nodes[node].driven.half_close() => {
+                // Still writable, until `Close` or a failed write.
+                self.deliver(node, Input::ReadClosed { conn });
+            }
+            (Owner::Node { .. }, None) => self.close_node_end(l, 1 - d),
         }
     }
 }

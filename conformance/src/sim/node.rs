@@ -55,6 +55,8 @@ pub(super) trait Driven {
     fn timeout(&mut self, now: Instant);
     fn next_action(&mut self) -> Option<Action>;
     fn deadline(&self) -> Option<Instant>;
+    /// The machine's [`Machine::HALF_CLOSE`].
+    fn half_close(&self) -> bool;
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
@@ -99,6 +101,10 @@ where
 
     fn deadline(&self) -> Option<Instant> {
         self.machine.poll_timeout()
+    }
+
+    fn half_close(&self) -> bool {
+        M::HALF_CLOSE
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -1,6 +1,8 @@
 //! The simulator against what both real runtimes (`ferry-mio`, `ferry-async-std`)
 //! do where the contract leaves room: when `Closed` is reported, how far read-ahead
-//! reaches, what an impossible `Pipe` does, and where a `Send` after `Pipe` goes.
+//! reaches, what an impossible `Pipe` does, where a `Send` after `Pipe` goes, and
+//! half-close (`ReadClosed`, `Shutdown`, a `Pipe` carrying FINs: the cases of the
+//! runtimes' driver suites of the same names).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -285,5 +287,287 @@ fn a_send_after_pipe_is_written_into_the_spliced_stream_in_order() {
         assert_eq!(sim.client_received(client_a), b"1-2-3-4", "seed {seed}");
         assert_eq!(received_bytes(&take_seen(&mut sim, node)), 0);
         assert!(!sim.client_remote_gone(client_a), "seed {seed}");
+    }
+}
+
+// ---- half-close: the same cases as the runtimes' driver suites ----------------
+
+mod half_close {
+    use std::net::SocketAddr;
+
+    use ferry_core::io::{Action, CORE_ID_BIT, ConnId, ListenerId, Machine};
+
+    use crate::puppet::{Do, HalfClosePuppet, Puppet, Seen};
+    use crate::sim::{ClientId, NodeId, Sim};
+
+    /// A listening puppet (`HALF_CLOSE` as `M` says) and `clients` accepted clients.
+    fn puppet_with_clients<M>(
+        sim: &mut Sim,
+        machine: M,
+        clients: usize,
+    ) -> (NodeId<M>, Vec<(ClientId, ConnId)>)
+    where
+        M: Machine<Command = Do<Seen>, Event = Seen> + 'static,
+    {
+        let node = sim.add_machine(machine);
+        let listener = ListenerId(CORE_ID_BIT | 1);
+        sim.command(
+            node,
+            Do::Act(Action::Listen {
+                listener,
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            }),
+        );
+        sim.run_until_idle();
+        let addr = sim.listen_addr(node).expect("listening");
+        let pairs = (0..clients)
+            .map(|_| {
+                let client = sim.connect_client(addr);
+                sim.run_until_idle();
+                (client, sim.client_conn(client).expect("accepted"))
+            })
+            .collect();
+        sim.events(node);
+        (node, pairs)
+    }
+
+    fn act<M>(sim: &mut Sim, node: NodeId<M>, actions: Vec<Action>)
+    where
+        M: Machine<Command = Do<Seen>, Event = Seen> + 'static,
+    {
+        for action in actions {
+            sim.command(node, Do::Act(action));
+        }
+    }
+
+    fn received(events: &[Seen], conn: ConnId) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in events {
+            if let Seen::Received(c, d) = e
+                && *c == conn
+            {
+                out.extend_from_slice(d);
+            }
+        }
+        out
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// (a) A half-closing machine gets `Received`, then `ReadClosed`; it may still
+    /// write; its `Shutdown` comes after its `Send`s; a `Send` after it is dropped.
+    #[test]
+    fn half_close_machine_gets_read_closed_and_replies_before_its_shutdown() {
+        for seed in 0..8 {
+            let mut sim = Sim::new(seed);
+            let (node, pairs) =
+                puppet_with_clients(&mut sim, HalfClosePuppet::<Seen>::new(false), 1);
+            let (client, conn) = pairs[0];
+            sim.client_send(client, b"request");
+            sim.client_shutdown(client);
+            sim.run_until_idle();
+            let events = sim.events(node);
+            assert_eq!(received(&events, conn), b"request", "seed {seed}");
+            assert_eq!(events.last(), Some(&Seen::ReadClosed(conn)), "seed {seed}");
+
+            act(
+                &mut sim,
+                node,
+                vec![
+                    Action::Send {
+                        conn,
+                        data: b"reply".to_vec(),
+                    },
+                    Action::Shutdown { conn },
+                    Action::Send {
+                        conn,
+                        data: b"dropped".to_vec(),
+                    },
+                    Action::Shutdown {
+                        conn: ConnId(CORE_ID_BIT | 77),
+                    },
+                ],
+            );
+            sim.run_until_idle();
+            assert_eq!(sim.client_received(client), b"reply", "seed {seed}");
+            assert!(sim.client_eof(client), "seed {seed}");
+            let events = sim.events(node);
+            assert!(
+                !events.contains(&Seen::Closed(conn)),
+                "seed {seed}: {events:?}"
+            );
+            let flushed: usize = events
+                .iter()
+                .map(|s| match s {
+                    Seen::Flushed(c, n) if *c == conn => *n,
+                    _ => 0,
+                })
+                .sum();
+            assert_eq!(flushed, 5, "seed {seed}: the dropped Send is never Flushed");
+            act(&mut sim, node, vec![Action::Close { conn }]);
+            sim.run_until_idle();
+            assert_eq!(sim.events(node), vec![], "seed {seed}");
+        }
+    }
+
+    /// (d) A machine without `HALF_CLOSE` gets `Closed` for a FIN; `Shutdown`
+    /// works for it too, and reading goes on after it.
+    #[test]
+    fn shutdown_keeps_reading_for_a_machine_without_half_close() {
+        for seed in 0..8 {
+            let mut sim = Sim::new(seed);
+            let (node, pairs) = puppet_with_clients(&mut sim, Puppet::<Seen>::new(false), 1);
+            let (client, conn) = pairs[0];
+            act(
+                &mut sim,
+                node,
+                vec![
+                    Action::Send {
+                        conn,
+                        data: b"bye".to_vec(),
+                    },
+                    Action::Shutdown { conn },
+                ],
+            );
+            sim.run_until_idle();
+            assert_eq!(sim.client_received(client), b"bye", "seed {seed}");
+            assert!(sim.client_eof(client), "seed {seed}");
+            sim.client_send(client, b"still read");
+            sim.run_until_idle();
+            assert_eq!(received(&sim.events(node), conn), b"still read");
+            sim.client_shutdown(client);
+            sim.run_until_idle();
+            let events = sim.events(node);
+            assert_eq!(events, vec![Seen::Closed(conn)], "seed {seed}");
+        }
+    }
+
+    /// `from` sends `data` and half-closes; the other client reads it, then EOF.
+    fn transfer(sim: &mut Sim, from: ClientId, to: ClientId, data: &[u8]) {
+        sim.client_send(from, data);
+        sim.client_shutdown(from);
+        sim.run_until_idle();
+        assert!(sim.client_received(to) == data, "{}", sim.describe());
+        assert!(sim.client_eof(to), "{}", sim.describe());
+        sim.client_take(to);
+    }
+
+    fn pipe_half_close<M>(seed: u64, machine: M, len: usize)
+    where
+        M: Machine<Command = Do<Seen>, Event = Seen> + 'static,
+    {
+        let mut sim = Sim::new(seed);
+        let (node, pairs) = puppet_with_clients(&mut sim, machine, 2);
+        let [(x, a), (y, b)] = pairs[..] else {
+            unreachable!()
+        };
+        act(&mut sim, node, vec![Action::Pipe { a, b }]);
+        sim.run_until_idle();
+        let request = pattern(len);
+        let response: Vec<u8> = request.iter().rev().copied().collect();
+        transfer(&mut sim, x, y, &request);
+        assert_eq!(sim.events(node), vec![], "seed {seed}: one direction ended");
+        assert!(!sim.client_remote_gone(y), "seed {seed}");
+        transfer(&mut sim, y, x, &response);
+        let mut events = sim.events(node);
+        events.sort_by_key(|s| format!("{s:?}"));
+        assert_eq!(
+            events,
+            vec![Seen::Closed(a), Seen::Closed(b)],
+            "seed {seed}"
+        );
+        assert!(sim.client_remote_gone(x) && sim.client_remote_gone(y));
+    }
+
+    /// (b) A pipe carries each FIN through; it ends when both directions did.
+    #[test]
+    fn pipe_carries_half_close_both_ways() {
+        for seed in 0..8 {
+            pipe_half_close(seed, HalfClosePuppet::<Seen>::new(false), 7);
+            pipe_half_close(seed, Puppet::<Seen>::new(false), 7);
+            pipe_half_close(seed, Puppet::<Seen>::new(false), 100_000);
+        }
+    }
+
+    /// (c) Nothing is lost at the FIN of a large transfer.
+    #[test]
+    fn pipe_carries_half_close_after_large_transfers() {
+        pipe_half_close(1, HalfClosePuppet::<Seen>::new(false), 8 << 20);
+    }
+
+    /// (c) A FIN the half-closing machine heard of before the `Pipe` is carried
+    /// through at once, but after the bytes the runtime still holds.
+    #[test]
+    fn pipe_carries_an_earlier_fin_after_the_bytes_still_queued() {
+        const LEN: usize = 8 << 20;
+        for seed in 0..4 {
+            let mut sim = Sim::new(seed);
+            let (node, pairs) =
+                puppet_with_clients(&mut sim, HalfClosePuppet::<Seen>::new(false), 2);
+            let [(x, a), (y, b)] = pairs[..] else {
+                unreachable!()
+            };
+            sim.client_send(x, b"request");
+            sim.client_shutdown(x);
+            sim.run_until_idle();
+            assert_eq!(sim.events(node).last(), Some(&Seen::ReadClosed(a)));
+            let queued = pattern(LEN);
+            act(
+                &mut sim,
+                node,
+                vec![
+                    Action::Send {
+                        conn: b,
+                        data: queued.clone(),
+                    },
+                    Action::Pipe { a, b },
+                ],
+            );
+            assert!(
+                sim.client_queued(y) > LEN / 2,
+                "seed {seed}: held by the runtime"
+            );
+            sim.run_until_idle();
+            assert!(sim.client_received(y) == &queued[..], "seed {seed}");
+            assert!(sim.client_eof(y), "seed {seed}");
+            transfer(&mut sim, y, x, b"response");
+            let mut events = sim.events(node);
+            events.retain(|s| !matches!(s, Seen::Flushed(..)));
+            events.sort_by_key(|s| format!("{s:?}"));
+            assert_eq!(
+                events,
+                vec![Seen::Closed(a), Seen::Closed(b)],
+                "seed {seed}"
+            );
+        }
+    }
+
+    /// A pipe side whose peer is gone fails the pipe at once: both are `Closed`.
+    #[test]
+    fn a_pipe_write_to_a_closed_peer_ends_the_pipe() {
+        for seed in 0..8 {
+            let mut sim = Sim::new(seed);
+            let (node, pairs) = puppet_with_clients(&mut sim, Puppet::<Seen>::new(false), 2);
+            let [(x, a), (y, b)] = pairs[..] else {
+                unreachable!()
+            };
+            act(&mut sim, node, vec![Action::Pipe { a, b }]);
+            sim.client_close(x);
+            sim.run_until_idle();
+            assert!(sim.client_eof(y), "seed {seed}: the FIN is carried through");
+            assert_eq!(sim.events(node), vec![], "seed {seed}");
+            sim.client_send(y, b"to nobody");
+            sim.run_until_idle();
+            let mut events = sim.events(node);
+            events.sort_by_key(|s| format!("{s:?}"));
+            assert_eq!(
+                events,
+                vec![Seen::Closed(a), Seen::Closed(b)],
+                "seed {seed}"
+            );
+            assert!(sim.client_remote_gone(y), "seed {seed}");
+        }
     }
 }

@@ -10,7 +10,9 @@
 //!   full, so the sender's `queue` stops draining and `Flushed` stops.
 //!
 //! The receiver reads `socket` in chunks of any size (when it is not paused), then
-//! sees end-of-stream once the sender closed and everything was read.
+//! sees end-of-stream once the sender closed or shut its write direction down
+//! (`fin`) and everything was read. The two directions end independently: a
+//! half-closed link still carries bytes the other way.
 
 use std::collections::VecDeque;
 
@@ -41,6 +43,10 @@ pub(super) struct End {
     pub(super) read_ahead: usize,
     /// End-of-stream has been read.
     pub(super) eof: bool,
+    /// The owner shut its write direction down (`Action::Shutdown`,
+    /// `client_shutdown`, or a pipe carrying a FIN through): nothing more is
+    /// written, the other end reads EOF after what was queued.
+    pub(super) shutdown: bool,
     /// Spliced (`Action::Pipe`) to this other (link, end): what arrives is forwarded.
     pub(super) splice: Option<(usize, usize)>,
     /// How many `PauseRead`s this end received.
@@ -57,6 +63,7 @@ impl End {
             paused: false,
             read_ahead: 0,
             eof: false,
+            shutdown: false,
             splice: None,
             pauses: 0,
         }
@@ -77,7 +84,8 @@ pub(super) struct Pipe {
     pub(super) queue: VecDeque<u8>,
     pub(super) socket: VecDeque<u8>,
     pub(super) window: usize,
-    /// The sender closed: after `queue` and `socket` drain, the receiver reads EOF.
+    /// The sender closed or shut its write direction down: after `queue` and
+    /// `socket` drain, the receiver reads EOF.
     pub(super) fin: bool,
     /// The largest `queue` seen: the runtime memory this direction needed.
     pub(super) peak_queue: usize,

@@ -5,7 +5,7 @@
 //! over to the local server:
 //!
 //! - multiplex: each stream the relay opens becomes a connection to the local
-//!   server, bridged by [`MuxBridge`] (the forwarder is the yamux server);
+//!   server, bridged by the crate-private `MuxBridge` (the forwarder is the yamux server);
 //! - pool: it keeps `pool_size` idle connections joined to its pool; the first
 //!   bytes on one mean a user took it, so it connects to the local server,
 //!   splices the two and joins a fresh connection to replace it. (A pooled

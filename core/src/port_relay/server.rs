@@ -5,7 +5,7 @@
 //! its own public listener (PR-2); users accepted there are carried to the
 //! client by its protocol:
 //!
-//! - multiplex: a yamux stream per user, opened by the relay ([`MuxBridge`]);
+//! - multiplex: a yamux stream per user, opened by the relay (the crate-private `MuxBridge`);
 //! - pool: the user takes the oldest idle pooled connection and the runtime
 //!   splices the two (`Action::Pipe`); with none idle the user waits, bounded;
 //! - event: the relay announces `<id>\n` on the control connection and splices

@@ -13,7 +13,7 @@ use ferry_core::io::OwnedInput;
 use ferry_core::{Action, ConnId, Input, ListenerId, Machine, SocketId};
 use tracing::{debug, trace, warn};
 
-use super::tasks::{self, ConnIo, Control, Msg};
+use super::tasks::{self, ConnIo, Control, Msg, Out};
 use super::{Backlog, DriverConfig, Request, RuntimeIds};
 use crate::rt;
 
@@ -35,6 +35,12 @@ struct Conn {
     pipe: Option<ConnId>,
     /// Bytes handed to the writer and not yet reported written.
     unflushed: usize,
+    /// The reader read the peer's FIN (and ended).
+    read_closed: bool,
+    /// `Shutdown` was handed to the writer (by the machine or a pipe).
+    shutdown: bool,
+    /// The writer has shut the write direction down.
+    write_closed: bool,
 }
 
 struct Listener {
@@ -293,6 +299,17 @@ where
                 return;
             }
             Msg::Input(OwnedInput::Flushed { conn, bytes }) => return self.flushed(conn, bytes),
+            Msg::Input(OwnedInput::ReadClosed { conn }) => return self.read_closed(conn),
+            Msg::WriteClosed { conn } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.write_closed = true;
+                    if let Some(peer) = c.pipe {
+                        self.end_pipe_if_done(conn, peer);
+                        self.drain();
+                    }
+                }
+                return;
+            }
             Msg::Input(input) => input,
         };
         // Inputs for what the machine no longer has are dropped.
@@ -309,6 +326,7 @@ where
             // Tasks report these otherwise (see above) or never.
             OwnedInput::Accepted { .. }
             | OwnedInput::Received { .. }
+            | OwnedInput::ReadClosed { .. }
             | OwnedInput::Flushed { .. }
             | OwnedInput::TunPacket(_) => false,
         };
@@ -376,6 +394,7 @@ where
                 self.closed_later.retain(|c| *c != conn);
                 self.close_with_pipe(conn);
             }
+            Action::Shutdown { conn } => self.shutdown(conn),
             Action::PauseRead { conn } => self.pause_by_machine(conn, true),
             Action::ResumeRead { conn } => self.pause_by_machine(conn, false),
             Action::Pipe { a, b } => self.pipe(a, b),
@@ -478,6 +497,9 @@ where
                 read_paused: false,
                 pipe: None,
                 unflushed: 0,
+                read_closed: false,
+                shutdown: false,
+                write_closed: false,
             },
         );
         self.update_reader(conn);
@@ -506,14 +528,60 @@ where
         true
     }
 
+    /// The peer's FIN: carried through a pipe, `ReadClosed` for a half-closing
+    /// machine, `Closed` (and the connection closed) for the others.
+    fn read_closed(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.read_closed = true;
+        if let Some(peer) = c.pipe {
+            self.shutdown(peer);
+            self.end_pipe_if_done(conn, peer);
+            self.drain();
+        } else if M::HALF_CLOSE {
+            self.feed(Input::ReadClosed { conn });
+        } else if self.close_with_pipe(conn) {
+            self.feed(Input::Closed { conn });
+        }
+    }
+
+    /// Shut `conn`'s write direction down after what its writer holds.
+    fn shutdown(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn)
+            && !c.shutdown
+        {
+            c.shutdown = true;
+            // An error means the writer failed; its Closed is on the way.
+            let _ = c.io.writer.try_send(Out::Shutdown);
+        }
+    }
+
+    /// Both directions of the pipe `a`-`b` carried their FIN through: the pipe
+    /// ends, both sides are closed and reported `Closed` (after the drain).
+    fn end_pipe_if_done(&mut self, a: ConnId, b: ConnId) {
+        let done = |c: Option<&Conn>| c.is_some_and(|c| c.read_closed && c.write_closed);
+        if !done(self.conns.get(&a)) || !done(self.conns.get(&b)) {
+            return;
+        }
+        for conn in [a, b] {
+            self.remove_conn(conn);
+            self.closed_later.push_back(conn);
+        }
+    }
+
     fn send(&mut self, conn: ConnId, data: Vec<u8>) {
         if data.is_empty() {
             return;
         }
         if let Some(c) = self.conns.get_mut(&conn) {
+            if c.shutdown {
+                debug!(%conn, len = data.len(), "send after shutdown dropped");
+                return;
+            }
             let len = data.len();
             // An error means the writer failed; its Closed is on the way.
-            if c.io.writer.try_send(data).is_ok() {
+            if c.io.writer.try_send(Out::Data(data)).is_ok() {
                 c.unflushed += len;
                 self.backlog.add(len);
             }
@@ -570,6 +638,15 @@ where
             }
             self.update_reader(this);
         }
+        // A FIN a half-closing machine was told of before the pipe is carried
+        // through at once.
+        for (this, peer) in [(a, b), (b, a)] {
+            if self.conns.get(&this).is_some_and(|c| c.read_closed) {
+                self.shutdown(peer);
+            }
+        }
+        // Both directions may have ended before the pipe (the machine shut both down).
+        self.end_pipe_if_done(a, b);
     }
 
     /// Move bytes read from one side of a pipe to the other side's writer.

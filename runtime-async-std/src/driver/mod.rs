@@ -12,10 +12,16 @@
 //! ```
 //!
 //! - One **reader** task per connection reads up to [`READ_BUFFER`] bytes at a time
-//!   and delivers `Received`, or `Closed` at the end. A paused reader reads nothing;
-//!   it may still deliver the one chunk it had read (the contract allows it).
+//!   and delivers `Received`; at the peer's FIN it delivers `ReadClosed` and ends,
+//!   on a read error `Closed`. The actor feeds a FIN to the machine as `ReadClosed`
+//!   if it has [`Machine::HALF_CLOSE`] (the connection stays writable until its
+//!   `Close`, or a failed write: `Closed`), else as `Closed`, closing the
+//!   connection. A paused reader reads nothing; it may still deliver the one
+//!   chunk it had read (the contract allows it).
 //! - One **writer** task per connection writes every `Send` in order and reports
-//!   each write as `Flushed`. When the actor closes the connection the writer
+//!   each write as `Flushed`. `Shutdown` reaches it in order after the `Send`s: once
+//!   they are written it shuts the write direction down (a `Send` after it is
+//!   dropped, logged at debug). When the actor closes the connection the writer
 //!   writes what is queued for at most [`DriverConfig::close_linger`], then shuts
 //!   the socket down.
 //! - The actor feeds inputs one at a time and, after every `handle_*`, drains
@@ -23,8 +29,11 @@
 //!   closed (or never knew) is dropped, so no input follows a `Close`.
 //! - `Pipe{a, b}`: the actor forwards what `a`'s reader delivers to `b`'s writer and
 //!   back, after whatever the machine had queued; it pauses a side whose peer has
-//!   more than [`DriverConfig::pipe_buffer`] bytes unwritten. When either side ends
-//!   both are closed and the machine gets `Closed` for each one it did not close
+//!   more than [`DriverConfig::pipe_buffer`] bytes unwritten. Half-close is carried
+//!   through (whatever the machine's `HALF_CLOSE`): a side's FIN makes the other
+//!   side's writer shut down after what it holds, and the opposite direction goes
+//!   on. Once both directions ended so, or at once when either side fails, both
+//!   are closed and the machine gets `Closed` for each one it did not close
 //!   itself. A `Pipe` naming a closed or already piped connection ends at once:
 //!   each side that exists, and its old partner, is closed and reported.
 //! - Events go into a bounded channel. While it is full the actor keeps them and

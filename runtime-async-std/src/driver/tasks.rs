@@ -29,6 +29,17 @@ pub(crate) enum Msg {
         peer: SocketAddr,
         io: ConnIo,
     },
+    /// The writer shut the write direction down (after `Out::Shutdown`).
+    WriteClosed { conn: ConnId },
+}
+
+/// What the actor hands a writer.
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// Bytes to write, in order.
+    Data(Vec<u8>),
+    /// Shut the write direction down once everything before is written.
+    Shutdown,
 }
 
 impl From<OwnedInput> for Msg {
@@ -53,8 +64,8 @@ pub(crate) const READ_AHEAD: usize = 2 * READ_BUFFER;
 
 /// The actor's ends of a connection. Dropping them closes the connection.
 pub(crate) struct ConnIo {
-    /// Bytes to write, in order.
-    pub(crate) writer: Sender<Vec<u8>>,
+    /// Bytes to write, in order, and the shutdown of the write direction.
+    pub(crate) writer: Sender<Out>,
     /// Pause, resume, credit.
     pub(crate) reader: Sender<Control>,
     /// Bytes delivered by the reader and not yet handled by the actor.
@@ -73,7 +84,7 @@ impl ConnIo {
 
 /// The tasks' ends of a connection.
 pub(crate) struct ConnEnds {
-    writer: Receiver<Vec<u8>>,
+    writer: Receiver<Out>,
     reader: Receiver<Control>,
     ahead: Arc<AtomicUsize>,
 }
@@ -148,7 +159,9 @@ async fn read_loop(
             Either::Right(read) => read,
         };
         let msg: Msg = match read {
-            Ok(0) => OwnedInput::Closed { conn }.into(),
+            // The actor decides what a FIN is: `ReadClosed` for a half-closing
+            // machine or a pipe, `Closed` otherwise. Nothing more is read.
+            Ok(0) => OwnedInput::ReadClosed { conn }.into(),
             Ok(n) => {
                 ahead.fetch_add(n, Ordering::AcqRel);
                 OwnedInput::Received {
@@ -163,7 +176,10 @@ async fn read_loop(
                 OwnedInput::Closed { conn }.into()
             }
         };
-        let end = matches!(msg, Msg::Input(OwnedInput::Closed { .. }));
+        let end = matches!(
+            msg,
+            Msg::Input(OwnedInput::Closed { .. } | OwnedInput::ReadClosed { .. })
+        );
         if inbox.send(msg).await.is_err() || end {
             return;
         }
@@ -180,7 +196,7 @@ fn apply(order: Control, paused: bool) -> bool {
 
 /// What woke the writer.
 enum Step {
-    More(Vec<u8>),
+    More(Out),
     ActorClosed,
     Wrote(io::Result<usize>),
     LingerOver,
@@ -189,14 +205,34 @@ enum Step {
 /// Slices in one vectored write.
 const MAX_SLICES: usize = 16;
 
+/// The writer's state besides its queue: whether a shutdown is asked for or done.
+#[derive(Default)]
+struct WriteEnd {
+    shutdown: bool,
+    shut: bool,
+}
+
+impl WriteEnd {
+    fn take(&mut self, conn: ConnId, out: Out, queue: &mut VecDeque<Vec<u8>>) {
+        match out {
+            Out::Data(data) if self.shutdown => {
+                debug!(%conn, len = data.len(), "send after shutdown dropped");
+            }
+            Out::Data(data) => queue.push_back(data),
+            Out::Shutdown => self.shutdown = true,
+        }
+    }
+}
+
 async fn write_loop(
     conn: ConnId,
     stream: TcpStream,
-    queue_rx: Receiver<Vec<u8>>,
+    queue_rx: Receiver<Out>,
     inbox: Sender<Msg>,
     linger: Duration,
 ) {
     let mut queue: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut end = WriteEnd::default();
     // Bytes of `queue.front()` already written.
     let mut offset = 0;
     // Set once the actor closed the connection: write what is queued until then.
@@ -205,7 +241,7 @@ async fn write_loop(
         if linger_until.is_none() {
             loop {
                 match queue_rx.try_recv() {
-                    Ok(data) => queue.push_back(data),
+                    Ok(out) => end.take(conn, out, &mut queue),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Closed) => {
                         linger_until = Some(Instant::now() + linger);
@@ -215,11 +251,21 @@ async fn write_loop(
             }
         }
         if queue.is_empty() {
+            if end.shutdown && !end.shut {
+                // Everything before the `Shutdown` is written: FIN.
+                end.shut = true;
+                if let Err(e) = stream.shutdown(Shutdown::Write) {
+                    debug!(%conn, error = %e, "shutdown failed");
+                }
+                if linger_until.is_none() && inbox.send(Msg::WriteClosed { conn }).await.is_err() {
+                    break;
+                }
+            }
             if linger_until.is_some() {
                 break;
             }
             match queue_rx.recv().await {
-                Ok(data) => queue.push_back(data),
+                Ok(out) => end.take(conn, out, &mut queue),
                 Err(_) => linger_until = Some(Instant::now() + linger),
             }
             continue;
@@ -249,7 +295,7 @@ async fn write_loop(
             }
         };
         match step {
-            Step::More(data) => queue.push_back(data),
+            Step::More(out) => end.take(conn, out, &mut queue),
             Step::ActorClosed => linger_until = Some(Instant::now() + linger),
             Step::LingerOver => {
                 debug!(%conn, "closed with bytes unwritten after the linger time");

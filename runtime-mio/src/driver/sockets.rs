@@ -79,6 +79,14 @@ pub(super) struct Conn {
     /// Registered with `READABLE` (`WRITABLE` always is: mio wants one interest
     /// and edges make an idle `WRITABLE` free).
     pub(super) reading: bool,
+    /// The peer's FIN was read: nothing more is read (`ReadClosed` for a
+    /// half-closing machine; for a piped side, its peer is shut down).
+    pub(super) read_closed: bool,
+    /// `Shutdown` asked for (by the machine, or by a pipe carrying a FIN): the
+    /// write direction is shut down once `out` is empty; later `Send`s are dropped.
+    pub(super) shutdown: bool,
+    /// The write direction is shut down.
+    pub(super) write_closed: bool,
 }
 
 pub(super) struct Listener {
@@ -199,6 +207,7 @@ impl Sockets {
             Action::Connect { conn, addr } => self.connect(conn, addr),
             Action::Send { conn, data } => self.send(conn, data),
             Action::Close { conn } => self.close(conn),
+            Action::Shutdown { conn } => self.shutdown(conn),
             Action::PauseRead { conn } => self.set_paused(conn, true),
             Action::ResumeRead { conn } => self.set_paused(conn, false),
             Action::Pipe { a, b } => self.pipe(a, b),
@@ -280,6 +289,9 @@ impl Sockets {
                 paused: false,
                 pipe_blocked: false,
                 reading: true,
+                read_closed: false,
+                shutdown: false,
+                write_closed: false,
             },
         );
         Ok(())
@@ -310,6 +322,10 @@ impl Sockets {
             tracing::trace!(%id, "send to an unknown connection ignored");
             return;
         };
+        if conn.shutdown {
+            tracing::debug!(%id, len = data.len(), "send after shutdown dropped");
+            return;
+        }
         // A piped connection gets no `Flushed`: its bytes join the spliced stream.
         if !matches!(conn.state, ConnState::Piped(_)) {
             conn.unflushed += data.len();
@@ -329,8 +345,14 @@ impl Sockets {
         }
     }
 
-    /// Write what is queued for `id`; note it for `Flushed`; unblock a pipe source.
+    /// Write what is queued for `id`; note it for `Flushed`; unblock a pipe source;
+    /// shut the write direction down once a pending `Shutdown` has nothing before it.
     pub(super) fn flush(&mut self, id: ConnId) {
+        self.write_queued(id);
+        self.finish_shutdown(id);
+    }
+
+    fn write_queued(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -360,6 +382,65 @@ impl Sockets {
         }
     }
 
+    /// `Action::Shutdown`: shut the write direction down after what is queued.
+    pub(super) fn shutdown(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            tracing::trace!(%id, "shutdown of an unknown connection ignored");
+            return;
+        };
+        conn.shutdown = true;
+        // Bytes this drain queued go out after the drain (`unsent`), and so does
+        // the FIN then; with nothing queued it goes now.
+        self.finish_shutdown(id);
+    }
+
+    /// Shut `id`'s write direction down if a shutdown is pending and nothing is
+    /// queued before it; a pipe whose both directions are so ended ends.
+    fn finish_shutdown(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !conn.shutdown
+            || conn.write_closed
+            || !conn.out.is_empty()
+            || conn.state == ConnState::Connecting
+        {
+            return;
+        }
+        conn.write_closed = true;
+        if let Err(e) = conn.stream.shutdown(Shutdown::Write) {
+            // The peer is gone: the next read or write reports it.
+            tracing::debug!(%id, "shutdown failed: {e}");
+        }
+        if let ConnState::Piped(peer) = conn.state {
+            self.end_pipe_if_done(id, peer);
+        }
+    }
+
+    /// Both directions of the pipe `a`-`b` carried their FIN through: close both
+    /// and report `Closed` for each.
+    fn end_pipe_if_done(&mut self, a: ConnId, b: ConnId) {
+        let done = |c: Option<&Conn>| c.is_some_and(|c| c.read_closed && c.write_closed);
+        if !done(self.conns.get(&a)) || !done(self.conns.get(&b)) {
+            return;
+        }
+        for side in [a, b] {
+            if let Some(conn) = self.forget(side) {
+                self.pending.retain(|r| report_conn(r) != Some(side));
+                self.pending.push_back(OwnedInput::Closed { conn: side });
+                finish(conn.stream, conn.out, &mut self.buf);
+            }
+        }
+    }
+
+    /// The peer's FIN was read on `id`: stop reading it.
+    pub(super) fn set_read_closed(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.read_closed = true;
+            self.update_interest(id);
+        }
+    }
+
     pub(super) fn take_flushed(&mut self) -> Option<(ConnId, usize)> {
         while let Some(id) = self.dirty.pop() {
             if let Some(conn) = self.conns.get_mut(&id) {
@@ -376,7 +457,7 @@ impl Sockets {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let reading = !conn.paused && !conn.pipe_blocked;
+        let reading = !conn.paused && !conn.pipe_blocked && !conn.read_closed;
         if reading == conn.reading {
             return;
         }
@@ -488,6 +569,18 @@ impl Sockets {
                 self.ready.push_back(token);
             }
         }
+        // A FIN a half-closing machine was told of before the pipe is carried
+        // through at once.
+        for (this, other) in [(a, b), (b, a)] {
+            if self.conns.get(&this).is_some_and(|c| c.read_closed)
+                && let Some(conn) = self.conns.get_mut(&other)
+            {
+                conn.shutdown = true;
+                self.finish_shutdown(other);
+            }
+        }
+        // Both directions may have ended before the pipe (the machine shut both down).
+        self.end_pipe_if_done(a, b);
     }
 
     /// Copy from piped `id` to its peer until the socket is empty, the peer's
@@ -495,7 +588,9 @@ impl Sockets {
     pub(super) fn pump(&mut self, id: ConnId, short_read_drains: bool) {
         let mut budget = READ_BUDGET;
         while budget > 0 {
-            let Some(ConnState::Piped(peer_id)) = self.conns.get(&id).map(|c| c.state) else {
+            let Some((ConnState::Piped(peer_id), false)) =
+                self.conns.get(&id).map(|c| (c.state, c.read_closed))
+            else {
                 return;
             };
             let queued = self.conns.get(&peer_id).map_or(0, |p| p.out.len);
@@ -513,7 +608,13 @@ impl Sockets {
             };
             let n = match conn.stream.read(&mut self.buf[..room]) {
                 Ok(0) => {
-                    self.end_pipe(id, false);
+                    // Half-close carried through: the peer gets a FIN after
+                    // everything read from `id`; the other direction goes on.
+                    self.set_read_closed(id);
+                    if let Some(peer) = self.conns.get_mut(&peer_id) {
+                        peer.shutdown = true;
+                    }
+                    self.finish_shutdown(peer_id);
                     return;
                 }
                 Ok(n) => {
@@ -531,7 +632,10 @@ impl Sockets {
             let Some(peer) = self.conns.get_mut(&peer_id) else {
                 return;
             };
-            if let Err(e) = peer.out.write_slice(&mut peer.stream, &self.buf[..n]) {
+            if peer.shutdown {
+                // The machine shut the peer down: like a `Send` after `Shutdown`.
+                tracing::debug!(id = %peer_id, len = n, "piped bytes after shutdown dropped");
+            } else if let Err(e) = peer.out.write_slice(&mut peer.stream, &self.buf[..n]) {
                 tracing::debug!(id = %peer_id, "pipe write failed: {e}");
                 self.end_pipe(peer_id, true);
                 return;
@@ -545,8 +649,8 @@ impl Sockets {
         }
     }
 
-    /// One side of a pipe ended: report `Closed` for both, let each write what is
-    /// queued for it (unless it failed), then close.
+    /// One side of a pipe failed (or was refused): report `Closed` for both, let
+    /// each write what is queued for it (unless it failed), then close.
     pub(super) fn end_pipe(&mut self, id: ConnId, failed: bool) {
         let peer = match self.conns.get(&id).map(|c| c.state) {
             Some(ConnState::Piped(peer)) => Some(peer),

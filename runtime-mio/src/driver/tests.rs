@@ -2,13 +2,14 @@
 //! events are the inputs it was fed, over real loopback sockets.
 
 use std::io::{Read, Write};
+use std::net::Shutdown;
 use std::net::{
     SocketAddr, TcpListener as StdListener, TcpStream as StdStream, UdpSocket as StdUdp,
 };
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
-use ferry_conformance::puppet::{Do, Puppet, Seen};
+use ferry_conformance::puppet::{Do, HalfClosePuppet, Puppet, Seen};
 use ferry_core::io::{Action, CORE_ID_BIT, ConnId, ListenerId, SocketId};
 
 use super::write_queue::WriteQueue;
@@ -29,8 +30,19 @@ struct Harness {
 
 impl Harness {
     fn start(echo: bool) -> Self {
+        Self::start_with(Probe::new(echo))
+    }
+
+    /// A probe with `HALF_CLOSE`: a FIN is `ReadClosed`.
+    fn start_half_close(echo: bool) -> Self {
+        Self::start_with(HalfClosePuppet::<Seen>::new(echo))
+    }
+
+    fn start_with<M>(probe: M) -> Self
+    where
+        M: ferry_core::io::Machine<Command = Cmd, Event = Seen> + Send + 'static,
+    {
         let (tx, seen) = channel();
-        let probe = Probe::new(echo);
         let handle = spawn(probe, move |e| {
             let _ = tx.send(e);
         })
@@ -343,6 +355,9 @@ fn pipe_splices_both_ways_and_closes_both() {
         "spliced bytes differ ({} of {LEN})",
         out.len()
     );
+    // The FIN was carried through; the pipe ends once the other side's is too.
+    right.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    assert_eq!(left.read(&mut got).expect("EOF"), 0);
 
     let mut closed = Vec::new();
     h.wait_for("both closed", |s| {
@@ -412,6 +427,205 @@ fn a_send_to_a_piped_connection_goes_out_in_order_without_flushed() {
         !after.iter().any(|s| matches!(s, Seen::Flushed(..))),
         "a piped connection was reported Flushed: {after:?}"
     );
+    h.stop();
+}
+
+#[test]
+fn half_close_machine_gets_read_closed_and_replies_before_its_shutdown() {
+    let mut h = Harness::start_half_close(false);
+    let (_, addr) = h.listen();
+    let (mut client, conn) = h.accept(addr);
+    client.write_all(b"request").expect("write");
+    client.shutdown(Shutdown::Write).expect("half-close");
+    assert_eq!(h.received(conn, 7), b"request");
+    h.wait_for("read closed", |s| {
+        (*s == Seen::ReadClosed(conn)).then_some(())
+    });
+
+    // Still writable: the reply, then a FIN; a Send after Shutdown is dropped.
+    h.act(Action::Send {
+        conn,
+        data: b"reply".to_vec(),
+    });
+    h.act(Action::Shutdown { conn });
+    h.act(Action::Send {
+        conn,
+        data: b"dropped".to_vec(),
+    });
+    h.act(Action::Shutdown {
+        conn: ConnId(CORE_ID_BIT | 77),
+    });
+    let mut back = Vec::new();
+    client.read_to_end(&mut back).expect("the reply, then EOF");
+    assert_eq!(back, b"reply");
+    let after = h.sync();
+    assert!(
+        !after.contains(&Seen::Closed(conn)),
+        "a half-closed connection lives until Close: {after:?}"
+    );
+    let flushed: usize = after
+        .iter()
+        .map(|s| match s {
+            Seen::Flushed(c, n) if *c == conn => *n,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(flushed, 5, "the dropped Send is never Flushed");
+    h.act(Action::Close { conn });
+    let after = h.sync();
+    assert!(
+        !after.iter().any(|s| matches!(s, Seen::Closed(_))),
+        "input after Close: {after:?}"
+    );
+    h.stop();
+}
+
+#[test]
+fn shutdown_keeps_reading_for_a_machine_without_half_close() {
+    let mut h = Harness::start(false);
+    let (_, addr) = h.listen();
+    let (mut client, conn) = h.accept(addr);
+    h.act(Action::Send {
+        conn,
+        data: b"bye".to_vec(),
+    });
+    h.act(Action::Shutdown { conn });
+    let mut back = Vec::new();
+    client.read_to_end(&mut back).expect("bytes, then EOF");
+    assert_eq!(back, b"bye");
+    client.write_all(b"still read").expect("write");
+    assert_eq!(h.received(conn, 10), b"still read");
+    drop(client);
+    h.wait_for("closed", |s| (*s == Seen::Closed(conn)).then_some(()));
+    let after = h.sync();
+    assert!(!after.iter().any(|s| matches!(s, Seen::ReadClosed(_))));
+    h.stop();
+}
+
+/// `from` writes `data` and half-closes; what `to` reads until EOF (late, and
+/// slowly: a pause after every read, so its socket stays full).
+fn half_close_transfer(from: &StdStream, to: &StdStream, data: Vec<u8>) -> Vec<u8> {
+    let mut writer = from.try_clone().expect("clone");
+    let writing = std::thread::spawn(move || {
+        writer.write_all(&data)?;
+        writer.shutdown(Shutdown::Write)
+    });
+    // Let the writer get ahead (and its FIN, if the data fits in the buffers).
+    std::thread::sleep(Duration::from_millis(200));
+    let mut reader = to.try_clone().expect("clone");
+    let mut got = Vec::new();
+    let mut buf = vec![0; 64 << 10];
+    loop {
+        let n = reader.read(&mut buf).expect("read before EOF");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    writing
+        .join()
+        .expect("writer")
+        .expect("write, then shutdown");
+    got
+}
+
+/// Two clients piped together; each half-closes in turn after sending `len` bytes.
+fn pipe_half_close(half_close: bool, len: usize) {
+    let mut h = if half_close {
+        Harness::start_half_close(false)
+    } else {
+        Harness::start(false)
+    };
+    let (_, addr) = h.listen();
+    let (x, a) = h.accept(addr);
+    let (y, b) = h.accept(addr);
+    h.act(Action::Pipe { a, b });
+    h.sync();
+
+    let request = pattern(len);
+    let response: Vec<u8> = request.iter().rev().copied().collect();
+    // X sends its request and half-closes; Y reads it all, then EOF.
+    let got = half_close_transfer(&x, &y, request.clone());
+    assert!(
+        got == request,
+        "Y read other bytes ({} of {len})",
+        got.len()
+    );
+    // The other direction still works after the first FIN.
+    let got = half_close_transfer(&y, &x, response.clone());
+    assert!(
+        got == response,
+        "X read other bytes ({} of {len})",
+        got.len()
+    );
+    expect_pipe_closed(&mut h, a, b);
+    h.stop();
+}
+
+/// The machine hears `Closed` for both sides of a pipe, and nothing else after.
+fn expect_pipe_closed(h: &mut Harness, a: ConnId, b: ConnId) {
+    let mut closed = Vec::new();
+    h.wait_for("both closed", |s| {
+        match s {
+            Seen::Closed(c) => closed.push(*c),
+            Seen::Received(..) | Seen::ReadClosed(_) => panic!("the machine saw {s:?}"),
+            _ => {}
+        }
+        (closed.len() == 2).then_some(())
+    });
+    closed.sort();
+    assert_eq!(closed, vec![a, b]);
+    let after = h.sync();
+    assert!(
+        !after.iter().any(|s| matches!(
+            s,
+            Seen::Received(..) | Seen::ReadClosed(_) | Seen::Closed(_)
+        )),
+        "after the pipe ended: {after:?}"
+    );
+}
+
+#[test]
+fn pipe_carries_half_close_both_ways() {
+    pipe_half_close(true, 7);
+    pipe_half_close(false, 7);
+}
+
+#[test]
+fn pipe_carries_half_close_after_large_transfers() {
+    pipe_half_close(true, 8 << 20);
+}
+
+/// A FIN the half-closing machine heard of before the `Pipe` is carried through
+/// at once, but only after the 8 MiB the machine queued for the other side
+/// (more than its socket takes: the driver still holds megabytes then).
+#[test]
+fn pipe_carries_an_earlier_fin_after_the_bytes_still_queued() {
+    const LEN: usize = 8 << 20;
+    let mut h = Harness::start_half_close(false);
+    let (_, addr) = h.listen();
+    let (mut x, a) = h.accept(addr);
+    let (y, b) = h.accept(addr);
+    x.write_all(b"request").expect("write");
+    x.shutdown(Shutdown::Write).expect("half-close");
+    assert_eq!(h.received(a, 7), b"request");
+    h.wait_for("read closed", |s| (*s == Seen::ReadClosed(a)).then_some(()));
+    let queued = pattern(LEN);
+    h.act(Action::Send {
+        conn: b,
+        data: queued.clone(),
+    });
+    h.act(Action::Pipe { a, b });
+    h.sync();
+
+    let got = half_close_transfer(&y, &x, b"response".to_vec());
+    assert_eq!(got, b"response");
+    let mut y = y;
+    let mut got = Vec::new();
+    y.read_to_end(&mut got).expect("the queued bytes, then EOF");
+    assert!(got == queued, "Y read other bytes ({} of {LEN})", got.len());
+    expect_pipe_closed(&mut h, a, b);
     h.stop();
 }
 
