@@ -70,6 +70,13 @@ async fn user_round_trip(port: u16, data: Vec<u8>) -> Vec<u8> {
     futures::future::join(write, read).await.1
 }
 
+/// Echo everything back, then FIN (the relay client's side of a user).
+async fn echo(c: TcpStream) {
+    let (mut r, mut w) = (c.clone(), c.clone());
+    futures::io::copy(&mut r, &mut w).await.expect("echo");
+    c.shutdown(std::net::Shutdown::Write).expect("FIN");
+}
+
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
@@ -145,11 +152,7 @@ fn pr6_pr8_a_hand_written_pool_client_serves_users() {
         }
         // Each pooled connection echoes the one user it gets.
         for c in pooled {
-            task::spawn(async move {
-                let (mut r, mut w) = (c.clone(), c.clone());
-                futures::io::copy(&mut r, &mut w).await.expect("echo");
-                c.shutdown(std::net::Shutdown::Write).expect("FIN");
-            });
+            task::spawn(echo(c));
         }
         for i in 0..3u8 {
             let data = pattern(i, 300_000);
@@ -178,11 +181,7 @@ fn pr9_pr10_a_hand_written_event_client_serves_users() {
                     .write_all(format!("event\n{id}\n").as_bytes())
                     .await
                     .expect("answer");
-                task::spawn(async move {
-                    let (mut r, mut w) = (c.clone(), c.clone());
-                    futures::io::copy(&mut r, &mut w).await.expect("echo");
-                    c.shutdown(std::net::Shutdown::Write).expect("FIN");
-                });
+                task::spawn(echo(c));
             }
         });
         let users: Vec<_> = (0..3u8)
@@ -211,11 +210,7 @@ fn pr14_the_async_std_forwarder_exposes_a_local_server_in_each_protocol() {
         task::spawn(async move {
             loop {
                 let (c, _) = local.accept().await.expect("accept");
-                task::spawn(async move {
-                    let (mut r, mut w) = (c.clone(), c.clone());
-                    futures::io::copy(&mut r, &mut w).await.expect("echo");
-                    c.shutdown(std::net::Shutdown::Write).expect("FIN");
-                });
+                task::spawn(echo(c));
             }
         });
         for protocol in [Protocol::Multiplex, Protocol::Pool, Protocol::Event] {

@@ -72,6 +72,18 @@ impl<M: Machine> Harness<M> {
     }
 }
 
+/// Every byte `actions` sends to `to`, in order.
+pub(crate) fn sent_to(actions: &[Action], to: ConnId) -> Vec<u8> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { conn, data } if *conn == to => Some(data.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 /// Check that `actions`, a machine's answer to a listen command, is one
 /// `Listen` on `addr` with a core-allocated listener.
 pub(crate) fn assert_listens(actions: &[Action], addr: SocketAddr) {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::testing::Harness;
+use crate::testing::{Harness, sent_to as sent};
 
 fn relay_addr() -> SocketAddr {
     "10.0.0.1:7000".parse().unwrap()
@@ -26,17 +26,6 @@ fn connects(actions: &[Action]) -> Vec<(ConnId, SocketAddr)> {
             Action::Connect { conn, addr } => Some((*conn, *addr)),
             _ => None,
         })
-        .collect()
-}
-
-fn sent(actions: &[Action], to: ConnId) -> Vec<u8> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Send { conn, data } if *conn == to => Some(data.clone()),
-            _ => None,
-        })
-        .flatten()
         .collect()
 }
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
-use crate::testing::{Harness, LISTENER};
+use crate::testing::{Harness, LISTENER, sent_to};
 
 const PUBLIC_PORT: u16 = 40_000;
 
@@ -32,17 +32,6 @@ fn relay_with(config: Config) -> Harness<Server> {
 
 fn relay() -> Harness<Server> {
     relay_with(config())
-}
-
-fn sent_to(actions: &[Action], to: ConnId) -> Vec<u8> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Send { conn, data } if *conn == to => Some(data.clone()),
-            _ => None,
-        })
-        .flatten()
-        .collect()
 }
 
 fn closes(actions: &[Action], conn: ConnId) -> bool {
