@@ -319,3 +319,60 @@ fn pr12_churn_event() {
         scenario(case, Protocol::Event)
     });
 }
+
+/// PR-12: a user sends a request and FIN and reads the reply late; the local
+/// server answers with more than the relay can hold and FIN. The stream is over
+/// on both sides long before the user's socket took the reply: nothing of it
+/// may be dropped by an early close (a review found exactly that).
+#[test]
+fn pr12_a_reply_after_both_fins_reaches_a_slow_user_whole() {
+    for protocol in [Protocol::Multiplex, Protocol::Pool, Protocol::Event] {
+        let config = ferry_conformance::sim::SimConfig {
+            tcp_window: 16 << 10,
+            ..Default::default()
+        };
+        let mut sim = Sim::with_config(7, config);
+        let relay = sim.add_machine(server::Server::new(server::Config::default(), [3; 32]));
+        sim.command(
+            relay,
+            server::Command::Listen("0.0.0.0:7000".parse().expect("addr")),
+        );
+        sim.run_until_idle();
+        let relay_addr = sim.listen_addr(relay).expect("listening");
+        let local = sim.listen("0.0.0.0:6379".parse().expect("addr"));
+        let config = forwarder::Config::new(relay_addr, sim.listener_addr(local), protocol);
+        let fwd = sim.add_machine(forwarder::Forwarder::new(config));
+        sim.command(fwd, forwarder::Command::Start);
+        sim.run_until_idle();
+        let port = sim
+            .events(fwd)
+            .into_iter()
+            .find_map(|e| match e {
+                forwarder::Event::PublicPort { port } => Some(port),
+                _ => None,
+            })
+            .expect("a public port");
+        let user = sim.connect_client(SocketAddr::new(relay_addr.ip(), port));
+        sim.client_set_reading(user, false);
+        sim.client_send(user, b"GET\n");
+        sim.client_shutdown(user);
+        sim.run_until_idle();
+        let l = sim.accept(local).expect("a local connection");
+        sim.run_until_idle();
+        assert_eq!(sim.client_received(l), b"GET\n", "{protocol}");
+        assert!(sim.client_eof(l), "{protocol}: the user's FIN");
+        let reply: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        sim.client_send(l, &reply);
+        sim.client_shutdown(l);
+        sim.advance(Duration::from_secs(1));
+        sim.client_set_reading(user, true);
+        sim.advance(Duration::from_secs(1));
+        assert!(sim.client_eof(user), "{protocol}: the server's FIN");
+        assert!(
+            sim.client_received(user) == reply.as_slice(),
+            "{protocol}: the user got {} of {} bytes",
+            sim.client_received(user).len(),
+            reply.len()
+        );
+    }
+}

@@ -5,7 +5,11 @@
 //! are broken by the key, so expiry order is deterministic.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The longest timeout a machine accepts (a year): an `Instant` can always be
+/// moved that far, whatever a config file says.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// One deadline per key.
 #[derive(Debug, Clone)]

@@ -129,5 +129,6 @@ fn log_forwarder(event: &forwarder::Event) {
             warn!(%reason, ?retry_in, "relay connection lost, retrying");
         }
         Event::LocalFailed { error } => warn!(%error, "cannot reach the local server"),
+        Event::EventDropped => warn!("too many users being connected at once; one left unanswered"),
     }
 }

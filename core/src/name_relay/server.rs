@@ -249,9 +249,7 @@ const SMALL_BUFFER: usize = 64 << 10;
 /// and far from overflowing the length arithmetic.
 pub const MAX_FRAME_LEN_LIMIT: usize = 1 << 30;
 
-/// The longest timeout a server accepts (a year): an `Instant` can always be
-/// moved that far, whatever a config file says.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+pub use crate::timer::MAX_TIMEOUT;
 
 /// The first instant *more than* `timeout` after `from`: the spec's timeouts are
 /// strict ("more than 30 s"), and a deadline fires at `<= now`.

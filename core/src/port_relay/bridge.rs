@@ -13,8 +13,12 @@
 //!   peer (`Session::consumed`) only as the runtime reports them `Flushed`, so a
 //!   slow conn closes the peer's window: nothing is buffered beyond it (PR-13).
 //!   The stream's FIN becomes `Shutdown` of the conn.
-//! - a reset either way closes the other side; the control connection's end
-//!   closes every linked conn (PR-5).
+//! - when both directions ended with FIN the conn is closed, but only once the
+//!   runtime reported every byte sent to it flushed (a `Close` may drop what is
+//!   still queued); a reset either way closes the other side at once; the
+//!   control connection's end closes every linked conn (PR-5).
+//!
+//! The owner learns which conns the bridge closed from [`MuxBridge::take_closed`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -28,11 +32,20 @@ use crate::io::{Action, ConnId};
 /// feeding the session until the runtime catches up.
 const CONTROL_HIGH_WATER: usize = 4 << 20;
 
+/// Stream data stops at [`CONTROL_HIGH_WATER`] (plus at most a window), so only
+/// the peer's own frames (pings, SYNs to refuse) can push the control queue past
+/// this: then the control connection is not read until it drained to the high
+/// water mark. (Pausing it at the high water mark itself could deadlock two
+/// bridges that both send at full speed.)
+const CONTROL_PAUSE: usize = 2 * CONTROL_HIGH_WATER;
+
 /// How a bridge ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum BridgeEnd {
     /// The control connection closed.
     ControlClosed,
+    /// The peer sent GoAway (and no stream was left, for a normal one).
+    GoAway(GoAwayCode),
     /// The session failed (protocol error, keep-alive).
     Session(SessionError),
 }
@@ -52,6 +65,10 @@ struct Link {
     fin_sent: bool,
     /// The stream sent FIN; the conn was (or will be, once connected) shut down.
     stream_fin: bool,
+    /// Bytes sent to the conn the runtime has not reported flushed.
+    unflushed: usize,
+    /// The stream is over (FIN both ways); close the conn once `unflushed` is 0.
+    draining: bool,
 }
 
 impl Link {
@@ -65,6 +82,8 @@ impl Link {
             conn_eof: false,
             fin_sent: false,
             stream_fin: false,
+            unflushed: 0,
+            draining: false,
         }
     }
 }
@@ -77,8 +96,13 @@ pub(crate) struct MuxBridge {
     links: BTreeMap<u32, Link>,
     by_conn: BTreeMap<ConnId, u32>,
     control_unflushed: usize,
+    control_paused: bool,
     /// Links with pending bytes that stopped for the control high-water mark.
     blocked: Vec<u32>,
+    /// Conns the bridge closed (or saw closed) since the owner last asked.
+    closed: Vec<ConnId>,
+    /// The peer sent a normal GoAway: end once the last link is gone.
+    peer_going: bool,
     ended: Option<BridgeEnd>,
 }
 
@@ -90,7 +114,10 @@ impl MuxBridge {
             links: BTreeMap::new(),
             by_conn: BTreeMap::new(),
             control_unflushed: 0,
+            control_paused: false,
             blocked: Vec::new(),
+            closed: Vec::new(),
+            peer_going: false,
             ended: None,
         }
     }
@@ -109,6 +136,12 @@ impl MuxBridge {
         self.ended.as_ref()
     }
 
+    /// The linked conns the bridge closed or forgot since the last call: the
+    /// owner forgets them too.
+    pub(crate) fn take_closed(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.closed)
+    }
+
     /// Open a stream for an already connected `conn` (the relay's users).
     /// Refused (conn closed) if the session cannot open one.
     pub(crate) fn open_for(&mut self, conn: ConnId, out: &mut VecDeque<Action>) -> bool {
@@ -116,7 +149,7 @@ impl MuxBridge {
             Ok(stream) => {
                 self.links.insert(stream, Link::new(conn, true));
                 self.by_conn.insert(conn, stream);
-                self.pump(out);
+                self.settle(out);
                 true
             }
             Err(_) => {
@@ -126,7 +159,8 @@ impl MuxBridge {
         }
     }
 
-    /// Bytes on the control connection.
+    /// Bytes on the control connection. `inbound` names a new conn and where
+    /// to connect it for a stream the peer opened (or `None` to refuse it).
     pub(crate) fn control_received(
         &mut self,
         data: &[u8],
@@ -143,12 +177,16 @@ impl MuxBridge {
 
     pub(crate) fn control_flushed(&mut self, bytes: usize, out: &mut VecDeque<Action>) {
         self.control_unflushed = self.control_unflushed.saturating_sub(bytes);
+        if self.control_paused && self.control_unflushed <= CONTROL_HIGH_WATER {
+            self.control_paused = false;
+            out.push_back(Action::ResumeRead { conn: self.control });
+        }
         if self.control_unflushed < CONTROL_HIGH_WATER / 2 && !self.blocked.is_empty() {
             for stream in std::mem::take(&mut self.blocked) {
                 self.feed_stream(stream, out);
             }
-            self.pump(out);
         }
+        self.settle(out);
     }
 
     /// The control connection ended (FIN or close): everything ends.
@@ -173,14 +211,17 @@ impl MuxBridge {
         };
         link.connected = true;
         if !link.early.is_empty() {
-            out.push_back(Action::Send {
-                conn,
-                data: std::mem::take(&mut link.early),
-            });
+            let data = std::mem::take(&mut link.early);
+            link.unflushed += data.len();
+            out.push_back(Action::Send { conn, data });
         }
         if link.stream_fin {
             out.push_back(Action::Shutdown { conn });
         }
+        if link.draining && link.unflushed == 0 {
+            self.drop_link(stream, true, out);
+        }
+        self.settle(out);
     }
 
     /// Bytes from a linked conn.
@@ -193,7 +234,7 @@ impl MuxBridge {
         };
         link.pending.extend_from_slice(data);
         self.feed_stream(stream, out);
-        self.pump(out);
+        self.settle(out);
     }
 
     /// A linked conn sent FIN.
@@ -205,23 +246,38 @@ impl MuxBridge {
             link.conn_eof = true;
         }
         self.feed_stream(stream, out);
-        self.pump(out);
+        self.settle(out);
     }
 
-    /// `bytes` sent to a linked conn reached its socket: credit the peer.
+    /// `bytes` sent to a linked conn reached its socket: credit the peer, and
+    /// close a drained conn whose stream is over.
     pub(crate) fn conn_flushed(&mut self, conn: ConnId, bytes: usize, out: &mut VecDeque<Action>) {
-        if let Some(&stream) = self.by_conn.get(&conn) {
+        let Some(&stream) = self.by_conn.get(&conn) else {
+            return;
+        };
+        let Some(link) = self.links.get_mut(&stream) else {
+            return;
+        };
+        link.unflushed = link.unflushed.saturating_sub(bytes);
+        if link.draining {
+            if link.unflushed == 0 {
+                self.drop_link(stream, true, out);
+            }
+        } else {
             self.session.consumed(stream, bytes);
-            self.pump(out);
         }
+        self.settle(out);
     }
 
     /// A linked conn is gone (reset, failed connect, error): reset its stream.
     pub(crate) fn conn_closed(&mut self, conn: ConnId, out: &mut VecDeque<Action>) {
-        if let Some(stream) = self.by_conn.remove(&conn) {
-            self.links.remove(&stream);
-            self.session.reset(stream);
-            self.pump(out);
+        if let Some(&stream) = self.by_conn.get(&conn) {
+            let draining = self.links.get(&stream).is_some_and(|l| l.draining);
+            self.drop_link(stream, false, out);
+            if !draining {
+                self.session.reset(stream);
+            }
+            self.settle(out);
         }
     }
 
@@ -233,8 +289,7 @@ impl MuxBridge {
             self.fail(BridgeEnd::Session(e), out);
             return;
         }
-        // Timers make pings and pongs, never streams.
-        self.pump_events(out, &mut |_| None);
+        self.settle(out);
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
@@ -242,6 +297,20 @@ impl MuxBridge {
             None
         } else {
             self.session.poll_timeout()
+        }
+    }
+
+    /// Forget a link; `close`: ask the runtime to close its conn too.
+    fn drop_link(&mut self, stream: u32, close: bool, out: &mut VecDeque<Action>) {
+        if let Some(link) = self.links.remove(&stream) {
+            self.by_conn.remove(&link.conn);
+            self.closed.push(link.conn);
+            if close {
+                out.push_back(Action::Close { conn: link.conn });
+            }
+        }
+        if self.peer_going && self.links.is_empty() {
+            self.end(BridgeEnd::GoAway(GoAwayCode::Normal), out);
         }
     }
 
@@ -264,11 +333,8 @@ impl MuxBridge {
                     Err(_) => {
                         // The stream can no longer be written (the peer reset it
                         // or we are past FIN): what the conn sent cannot arrive.
-                        let conn = link.conn;
-                        self.links.remove(&stream);
-                        self.by_conn.remove(&conn);
+                        self.drop_link(stream, true, out);
                         self.session.reset(stream);
-                        out.push_back(Action::Close { conn });
                         return;
                     }
                 }
@@ -287,15 +353,13 @@ impl MuxBridge {
         if !backlog && link.conn_eof && !link.fin_sent {
             link.fin_sent = true;
             if self.session.finish(stream).is_err() {
-                let conn = link.conn;
-                self.links.remove(&stream);
-                self.by_conn.remove(&conn);
-                out.push_back(Action::Close { conn });
+                self.drop_link(stream, true, out);
             }
         }
     }
 
-    /// Flush the session's output to the control connection.
+    /// Flush the session's output to the control connection; stop reading it
+    /// if the peer's frames piled up past [`CONTROL_PAUSE`].
     fn pump(&mut self, out: &mut VecDeque<Action>) {
         let bytes = self.session.take_output();
         if !bytes.is_empty() {
@@ -305,10 +369,21 @@ impl MuxBridge {
                 data: bytes,
             });
         }
+        if !self.control_paused && self.control_unflushed >= CONTROL_PAUSE {
+            self.control_paused = true;
+            out.push_back(Action::PauseRead { conn: self.control });
+        }
     }
 
-    /// Act on every session event. `inbound` names a new conn and where to
-    /// connect it for a stream the peer opened (or `None` to refuse the stream).
+    /// After any call: act on what the session has to say (a FIN we sent may
+    /// have closed a stream) and flush its output.
+    fn settle(&mut self, out: &mut VecDeque<Action>) {
+        if self.ended.is_none() {
+            self.pump_events(out, &mut |_| None);
+        }
+    }
+
+    /// Act on every session event, then flush the output.
     fn pump_events(
         &mut self,
         out: &mut VecDeque<Action>,
@@ -328,6 +403,7 @@ impl MuxBridge {
                 SessionEvent::Data { stream, data } => {
                     if let Some(link) = self.links.get_mut(&stream) {
                         if link.connected {
+                            link.unflushed += data.len();
                             out.push_back(Action::Send {
                                 conn: link.conn,
                                 data,
@@ -347,18 +423,26 @@ impl MuxBridge {
                     }
                 }
                 SessionEvent::Closed(stream) => {
-                    if let Some(link) = self.links.remove(&stream) {
-                        self.by_conn.remove(&link.conn);
-                        out.push_back(Action::Close { conn: link.conn });
+                    if let Some(link) = self.links.get_mut(&stream) {
+                        if link.connected && link.unflushed == 0 {
+                            self.drop_link(stream, true, out);
+                        } else {
+                            link.draining = true;
+                        }
                     }
                 }
-                SessionEvent::Reset(stream) => {
-                    if let Some(link) = self.links.remove(&stream) {
-                        self.by_conn.remove(&link.conn);
-                        out.push_back(Action::Close { conn: link.conn });
+                SessionEvent::Reset(stream) => self.drop_link(stream, true, out),
+                SessionEvent::GoAway(code) => {
+                    if code != GoAwayCode::Normal || self.links.is_empty() {
+                        self.pump(out);
+                        self.end(BridgeEnd::GoAway(code), out);
+                        return;
                     }
+                    self.peer_going = true;
                 }
-                SessionEvent::GoAway(_) => {}
+            }
+            if self.ended.is_some() {
+                return;
             }
         }
         self.pump(out);
@@ -377,6 +461,7 @@ impl MuxBridge {
         self.ended = Some(end);
         out.push_back(Action::Close { conn: self.control });
         for (_, link) in std::mem::take(&mut self.links) {
+            self.closed.push(link.conn);
             out.push_back(Action::Close { conn: link.conn });
         }
         self.by_conn.clear();

@@ -32,6 +32,9 @@ use crate::timer::Timers;
 /// What a user may send before its local connection is up, before it is paused.
 const EARLY_LIMIT: usize = 64 << 10;
 
+/// Event answers being connected at once (the relay's default `max_waiting`).
+const MAX_EVENT_PAIRS: usize = 128;
+
 /// Forwarder settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -93,6 +96,9 @@ pub enum Event {
         /// The backoff.
         retry_in: Duration,
     },
+    /// The relay announced more users than [`MAX_EVENT_PAIRS`] being connected:
+    /// this one was not answered (the relay closes it when its id expires).
+    EventDropped,
     /// A user's connection to the local server failed; that user was closed.
     LocalFailed {
         /// The connect error.
@@ -142,9 +148,13 @@ enum Role {
         early: Vec<u8>,
         paused: bool,
     },
+    /// `early`: what a local server that speaks first said before the relay
+    /// connection was up.
     EventLocal {
         relay: ConnId,
         up: bool,
+        early: Vec<u8>,
+        paused: bool,
     },
 }
 
@@ -290,7 +300,7 @@ impl Forwarder {
                 self.actions.push_back(Action::Send { conn, data });
                 self.event_pair_ready(conn, local);
             }
-            Some(Role::EventLocal { relay, up }) => {
+            Some(Role::EventLocal { relay, up, .. }) => {
                 *up = true;
                 let relay = *relay;
                 self.event_pair_ready(relay, conn);
@@ -315,18 +325,24 @@ impl Forwarder {
             Some(Role::EventLocal { up: true, .. })
         );
         if relay_up && local_up {
-            if let Some(Role::EventRelay { early, paused, .. }) = self.conns.remove(&relay) {
-                if !early.is_empty() {
-                    self.actions.push_back(Action::Send {
-                        conn: local,
-                        data: early,
-                    });
-                }
-                if paused {
-                    self.actions.push_back(Action::ResumeRead { conn: relay });
+            // Each side's early bytes go to the other before the splice (the
+            // relay side's handshake line was sent when it connected).
+            for (from, to) in [(relay, local), (local, relay)] {
+                if let Some(
+                    Role::EventRelay { early, paused, .. } | Role::EventLocal { early, paused, .. },
+                ) = self.conns.remove(&from)
+                {
+                    if !early.is_empty() {
+                        self.actions.push_back(Action::Send {
+                            conn: to,
+                            data: early,
+                        });
+                    }
+                    if paused {
+                        self.actions.push_back(Action::ResumeRead { conn: from });
+                    }
                 }
             }
-            self.conns.remove(&local);
             self.actions.push_back(Action::Pipe { a: relay, b: local });
         }
     }
@@ -376,8 +392,11 @@ impl Forwarder {
             Some(Role::PoolIdle) => self.pool_taken(conn, data, now),
             Some(Role::PoolUsed { early, .. }) => early.extend_from_slice(data),
             // The relay splices the user as soon as it reads our answer, so
-            // the user's bytes may come before the local connection is up.
-            Some(Role::EventRelay { early, paused, .. }) => {
+            // the user's bytes may come before the local connection is up; a
+            // local server may speak first, before the relay connection is up.
+            Some(
+                Role::EventRelay { early, paused, .. } | Role::EventLocal { early, paused, .. },
+            ) => {
                 early.extend_from_slice(data);
                 if early.len() > EARLY_LIMIT && !*paused {
                     *paused = true;
@@ -538,7 +557,19 @@ impl Forwarder {
                     id
                 }
             };
-            if id.is_empty() {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                continue;
+            }
+            // A relay announcing users faster than they can be connected (or
+            // a hostile one) gets at most MAX_EVENT_PAIRS at once; the rest
+            // expire at the relay and their users are closed there.
+            let pairs = self
+                .conns
+                .values()
+                .filter(|r| matches!(r, Role::EventRelay { .. }))
+                .count();
+            if pairs >= MAX_EVENT_PAIRS {
+                self.events.push_back(Event::EventDropped);
                 continue;
             }
             let relay = ConnId(self.ids.next_raw());
@@ -561,8 +592,15 @@ impl Forwarder {
                     paused: false,
                 },
             );
-            self.conns
-                .insert(local, Role::EventLocal { relay, up: false });
+            self.conns.insert(
+                local,
+                Role::EventLocal {
+                    relay,
+                    up: false,
+                    early: Vec::new(),
+                    paused: false,
+                },
+            );
         }
     }
 
@@ -608,7 +646,7 @@ impl Forwarder {
                 self.close(relay);
             }
             // As for a pooled connection: the splice reads the FIN again.
-            Some(Role::EventRelay { up: true, .. }) if eof => {}
+            Some(Role::EventRelay { up: true, .. } | Role::EventLocal { up: true, .. }) if eof => {}
             Some(Role::EventRelay { local: other, .. })
             | Some(Role::EventLocal { relay: other, .. }) => {
                 let other = *other;
@@ -633,13 +671,17 @@ impl Forwarder {
     }
 
     fn after_mux(&mut self, now: Instant) {
-        let Phase::Multiplex(bridge) = &self.phase else {
+        let Phase::Multiplex(bridge) = &mut self.phase else {
             return;
         };
+        for conn in bridge.take_closed() {
+            self.conns.remove(&conn);
+        }
         match bridge.ended().cloned() {
             Some(end) => {
                 let reason = match end {
                     BridgeEnd::ControlClosed => "the relay closed the session".to_owned(),
+                    BridgeEnd::GoAway(code) => format!("the relay sent GoAway ({code:?})"),
                     BridgeEnd::Session(e) => e.to_string(),
                 };
                 self.lose(reason, now);
@@ -653,7 +695,10 @@ impl Forwarder {
 
     fn stop(&mut self) {
         if let Phase::Multiplex(bridge) = &mut self.phase {
+            // The bridge closes the session and every local conn itself.
             bridge.go_away(&mut self.actions);
+            self.conns
+                .retain(|_, role| !matches!(role, Role::Control | Role::MuxLocal));
         }
         self.phase = Phase::Stopped;
         for (conn, _) in std::mem::take(&mut self.conns) {

@@ -24,7 +24,7 @@ use super::bridge::{BridgeEnd, MuxBridge};
 use super::{IdGen, Line, Protocol, error_line, take_line};
 use crate::codec::yamux::session::{self, Mode};
 use crate::io::{Action, ConnId, IdAllocator, Input, ListenerId, Machine};
-use crate::timer::Timers;
+use crate::timer::{MAX_TIMEOUT, Timers};
 
 /// What a waiting user or an idle pooled connection may send before the splice
 /// is kept up to this much; past it the connection is paused (a waiting user)
@@ -180,6 +180,8 @@ enum Kind {
     Event {
         control: ConnId,
         waiting: BTreeSet<ConnId>,
+        /// Id lines sent on `control` not yet flushed.
+        unflushed: usize,
     },
     /// Not open yet: the connection that asked, and bytes it sent past the handshake.
     Opening {
@@ -230,7 +232,22 @@ pub struct Server {
 impl Server {
     /// A relay; `seed` keys the id generator and must be secret and random
     /// (the daemon takes it from the OS).
-    pub fn new(config: Config, seed: [u8; 32]) -> Server {
+    ///
+    /// Absurd settings are clamped, never a panic later: a reversed port range
+    /// is put in order (port 0 excluded), timeouts are capped at [`MAX_TIMEOUT`].
+    pub fn new(mut config: Config, seed: [u8; 32]) -> Server {
+        config.port_range = config
+            .port_range
+            .map(|(a, b)| (a.min(b).max(1), a.max(b).max(1)));
+        for timeout in [
+            &mut config.handshake_timeout,
+            &mut config.pool_wait,
+            &mut config.pool_grace,
+            &mut config.event_wait,
+            &mut config.keepalive,
+        ] {
+            *timeout = (*timeout).min(MAX_TIMEOUT);
+        }
         let next_port = config.port_range.map_or(0, |(lo, _)| lo);
         Server {
             config,
@@ -249,6 +266,12 @@ impl Server {
             actions: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// Connections the relay tracks now (handshakes, control and pooled
+    /// connections, waiting and multiplexed users; spliced pairs are the runtime's).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
     }
 
     /// Clients with a public listener (or asking for one) now.
@@ -299,7 +322,7 @@ impl Server {
                 if bridge.open_for(conn, &mut self.actions) {
                     self.conns.insert(conn, Role::MuxUser(key));
                 }
-                self.sync_mux_timer(key);
+                self.after_mux(key);
             }
             Kind::Pool { idle, waiting, .. } => {
                 if let Some(pooled) = idle.pop_front() {
@@ -316,17 +339,24 @@ impl Server {
                     self.actions.push_back(Action::Close { conn });
                 }
             }
-            Kind::Event { control, waiting } => {
-                if waiting.len() >= max_waiting {
+            Kind::Event {
+                control,
+                waiting,
+                unflushed,
+            } => {
+                // A client that does not read its announcements gets no more users.
+                if waiting.len() >= max_waiting || *unflushed > EARLY_LIMIT {
                     self.actions.push_back(Action::Close { conn });
                     return;
                 }
                 waiting.insert(conn);
                 let control = *control;
                 let id = self.rng.next();
+                let line = format!("{id}\n").into_bytes();
+                *unflushed += line.len();
                 self.actions.push_back(Action::Send {
                     conn: control,
-                    data: format!("{id}\n").into_bytes(),
+                    data: line,
                 });
                 self.events_pending.insert(id.clone(), (key, conn));
                 self.wait(key, conn, Some(id), now + self.config.event_wait);
@@ -587,6 +617,7 @@ impl Server {
                 client.kind = Kind::Event {
                     control: conn,
                     waiting: BTreeSet::new(),
+                    unflushed: 0,
                 };
                 self.conns.insert(conn, Role::EventControl(key));
             }
@@ -629,6 +660,9 @@ impl Server {
         };
         if idle.len() >= max_pool {
             return self.reject(conn, "pool full");
+        }
+        if early.len() > EARLY_LIMIT {
+            return self.reject(conn, "pooled connection talked first");
         }
         self.timers.cancel(Timer::Handshake(conn));
         self.timers.cancel(Timer::Grace(key));
@@ -732,7 +766,9 @@ impl Server {
                 close.extend(idle);
                 close.extend(waiting);
             }
-            Kind::Event { control, waiting } => {
+            Kind::Event {
+                control, waiting, ..
+            } => {
                 close.push(control);
                 close.extend(waiting);
             }
@@ -762,12 +798,18 @@ impl Server {
     /// After anything touched a multiplex client: end it if its bridge ended,
     /// and keep its timer in step.
     fn after_mux(&mut self, key: ClientKey) {
-        let ended = match self.clients.get(&key).map(|c| &c.kind) {
-            Some(Kind::Multiplex(bridge)) => bridge.ended().cloned(),
+        let (ended, closed) = match self.clients.get_mut(&key).map(|c| &mut c.kind) {
+            Some(Kind::Multiplex(bridge)) => (bridge.ended().cloned(), bridge.take_closed()),
             _ => return,
         };
+        for conn in closed {
+            self.conns.remove(&conn);
+        }
         match ended {
             Some(BridgeEnd::ControlClosed) => self.end_client(key, "control connection closed"),
+            Some(BridgeEnd::GoAway(code)) => {
+                self.end_client(key, &format!("the client sent GoAway ({code:?})"));
+            }
             Some(BridgeEnd::Session(e)) => self.end_client(key, &e.to_string()),
             None => self.sync_mux_timer(key),
         }
@@ -841,6 +883,15 @@ impl Server {
                     }
                 }
                 self.after_mux(key);
+            }
+            Some(&Role::EventControl(key)) => {
+                if let Some(Client {
+                    kind: Kind::Event { unflushed, .. },
+                    ..
+                }) = self.clients.get_mut(&key)
+                {
+                    *unflushed = unflushed.saturating_sub(bytes);
+                }
             }
             _ => {}
         }

@@ -175,6 +175,9 @@ pub fn forwarder_event(event: forwarder::Event) {
         Event::LocalFailed { error } => {
             tracing::warn!(error = %error, "cannot reach the local server; user closed");
         }
+        Event::EventDropped => {
+            tracing::warn!("too many users being connected at once; one left unanswered");
+        }
     }
 }
 

@@ -53,8 +53,9 @@
 //!   [`Session::receive`] returns the error (again on every later call).
 //! - **Keep-alive.** Every `keepalive_interval` a Ping (SYN, opaque value
 //!   counting up from 1) goes out unless one is outstanding; its answer emits
-//!   [`SessionEvent::Pong`]. If none comes within `keepalive_timeout` of
-//!   sending, [`Session::handle_timeout`] fails with
+//!   [`SessionEvent::Pong`]. If neither the answer nor any other byte from
+//!   the peer (its answer may be queued behind data) comes within
+//!   `keepalive_timeout`, [`Session::handle_timeout`] fails with
 //!   [`SessionError::KeepaliveTimeout`] (no GoAway is queued: the peer is not
 //!   listening). Peer Pings are answered at once with ACK and the same value.
 //! - **GoAway.** After a GoAway either way no stream can be opened and inbound
@@ -245,6 +246,9 @@ pub struct Session {
     next_ping: Option<Instant>,
     /// The outstanding keep-alive Ping: its opaque value and when it was sent.
     ping_sent: Option<(u32, Instant)>,
+    /// When bytes last came from the peer: a busy peer whose answer is stuck
+    /// behind our own queued data is alive all the same.
+    heard: Option<Instant>,
     /// The opaque value of the last Ping sent.
     ping_counter: u32,
     local_go_away: bool,
@@ -276,6 +280,7 @@ impl Session {
             read: ReadState::header(),
             next_ping,
             ping_sent: None,
+            heard: None,
             ping_counter: 0,
             local_go_away: false,
             remote_go_away: false,
@@ -290,6 +295,9 @@ impl Session {
     pub fn receive(&mut self, mut data: &[u8], now: Instant) -> Result<(), SessionError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
+        }
+        if !data.is_empty() {
+            self.heard = Some(now);
         }
         while !data.is_empty() && !self.is_dead() {
             data = match &mut self.read {
@@ -469,10 +477,8 @@ impl Session {
         if self.is_dead() {
             return Ok(());
         }
-        if let Some((_, sent)) = self.ping_sent {
-            let expired = sent
-                .checked_add(self.config.keepalive_timeout)
-                .is_some_and(|deadline| now >= deadline);
+        if self.ping_sent.is_some() {
+            let expired = self.ping_deadline().is_some_and(|deadline| now >= deadline);
             if expired {
                 return Err(self.fail(SessionError::KeepaliveTimeout, false));
             }
@@ -495,9 +501,17 @@ impl Session {
             return None;
         }
         match self.ping_sent {
-            Some((_, sent)) => sent.checked_add(self.config.keepalive_timeout),
+            Some(_) => self.ping_deadline(),
             None => self.next_ping,
         }
+    }
+
+    /// When the outstanding Ping times out: `keepalive_timeout` after it was
+    /// sent or after the peer was last heard from, whichever is later.
+    fn ping_deadline(&self) -> Option<Instant> {
+        let (_, sent) = self.ping_sent?;
+        let since = self.heard.map_or(sent, |heard| heard.max(sent));
+        since.checked_add(self.config.keepalive_timeout)
     }
 
     /// Streams open now.

@@ -232,6 +232,59 @@ fn pr16_a_lost_control_connection_starts_over_and_a_port_resets_the_backoff() {
 }
 
 #[test]
+fn pr15_a_local_server_that_speaks_first_is_heard_and_its_fin_kept() {
+    let mut h = forwarder(Protocol::Event);
+    let control = start(&mut h, b"event\nnew\n");
+    h.recv(control, b"4532\n");
+    let c = connects(&h.recv(control, b"abcd\n"));
+    let (relay, local) = (c[0].0, c[1].0);
+    assert!(connected(&mut h, local).is_empty());
+    assert!(h.recv(local, b"220 smtp ready\r\n").is_empty());
+    assert!(h.input(Input::ReadClosed { conn: local }).is_empty());
+    let actions = connected(&mut h, relay);
+    assert_eq!(
+        actions,
+        vec![
+            Action::Send {
+                conn: relay,
+                data: b"event\nabcd\n".to_vec()
+            },
+            Action::Send {
+                conn: relay,
+                data: b"220 smtp ready\r\n".to_vec()
+            },
+            Action::Pipe { a: relay, b: local }
+        ]
+    );
+}
+
+#[test]
+fn pr15_a_relay_announcing_too_many_users_gets_a_bounded_answer() {
+    let mut h = forwarder(Protocol::Event);
+    let control = start(&mut h, b"event\nnew\n");
+    h.recv(control, b"4532\n");
+    let lines: String = (0..1000).map(|i| format!("id{i}\n")).collect();
+    let actions = h.recv(control, lines.as_bytes());
+    assert_eq!(connects(&actions).len(), 2 * MAX_EVENT_PAIRS);
+    // Ids that are not plain words are ignored.
+    let control_actions = h.recv(control, b"../x\n\x01\n");
+    assert!(connects(&control_actions).is_empty());
+}
+
+#[test]
+fn stop_closes_each_connection_once() {
+    let mut h = forwarder(Protocol::Multiplex);
+    let control = start(&mut h, b"multiplex\n");
+    h.recv(control, b"4532\n");
+    let actions = h.command(Command::Stop);
+    let closes = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Close { .. }))
+        .count();
+    assert_eq!(closes, 1, "{actions:?}");
+}
+
+#[test]
 fn stop_closes_everything_and_stays_stopped() {
     let mut h = forwarder(Protocol::Pool);
     let first = start(&mut h, b"pool\nnew\n");

@@ -168,6 +168,28 @@ fn pr2_a_port_range_is_tried_in_order_then_refused() {
 }
 
 #[test]
+fn absurd_settings_are_clamped_not_a_panic() {
+    let mut h = relay_with(Config {
+        port_range: Some((5001, 5000)),
+        handshake_timeout: Duration::MAX,
+        pool_wait: Duration::MAX,
+        keepalive: Duration::MAX,
+        ..config()
+    });
+    let c = h.accept(1);
+    let (l1, a1) = the_listen(&h.recv(c, b"pool\nnew\n"));
+    assert_eq!(a1.port(), 5000);
+    let (_, a2) = the_listen(&h.input(Input::ListenFailed {
+        listener: l1,
+        error: "in use",
+    }));
+    assert_eq!(a2.port(), 5001);
+    let c = h.accept(2);
+    h.recv(c, b"multiplex\n");
+    assert!(h.advance(Duration::from_secs(3600)).is_empty());
+}
+
+#[test]
 fn pr6_a_new_pool_gets_port_and_a_128_bit_id() {
     let mut h = relay();
     let (_, reply) = open_client(&mut h, 1, b"pool\nnew\n");
@@ -332,6 +354,35 @@ fn pr10_an_unanswered_event_expires_and_its_user_is_closed() {
 }
 
 #[test]
+fn pr10_an_event_client_that_does_not_read_its_ids_gets_no_more_users() {
+    let mut h = relay_with(Config {
+        max_waiting: 100_000,
+        ..config()
+    });
+    let (public, _) = open_client(&mut h, 1, b"event\nnew\n");
+    let mut refused = None;
+    for user_id in 0..10_000 {
+        let actions = user(&mut h, public, 100 + user_id);
+        if actions
+            == vec![Action::Close {
+                conn: ConnId(100 + user_id),
+            }]
+        {
+            refused = Some(user_id);
+            break;
+        }
+    }
+    // 33 bytes an id: refused past 64 KiB unread.
+    assert_eq!(refused, Some(EARLY_LIMIT as u64 / 33 + 1));
+    h.input(Input::Flushed {
+        conn: ConnId(1),
+        bytes: 40_000,
+    });
+    let actions = user(&mut h, public, 99_999);
+    assert_eq!(sent_to(&actions, ConnId(1)).len(), 33, "announced again");
+}
+
+#[test]
 fn pr11_the_control_connection_ending_closes_listener_and_waiting_users() {
     let mut h = relay();
     let (public, _) = open_client(&mut h, 1, b"event\nnew\n");
@@ -487,10 +538,18 @@ mod multiplex {
                     data: b"last".to_vec()
                 },
                 Action::Shutdown { conn: ConnId(100) },
-                Action::Close { conn: ConnId(100) },
             ]
         );
         assert_eq!(m.events(), vec![SessionEvent::Closed(s)]);
+        // The stream is over, but "last" may still sit in the runtime's queue: a
+        // Close now could drop it. The relay closes once it was flushed.
+        let held = m.h.machine.connection_count();
+        let actions = m.h.input(Input::Flushed {
+            conn: ConnId(100),
+            bytes: 4,
+        });
+        assert_eq!(actions, vec![Action::Close { conn: ConnId(100) }]);
+        assert_eq!(m.h.machine.connection_count(), held - 1, "forgotten");
         let s = m.user(101);
         m.client.reset(s);
         assert_eq!(m.push(), vec![Action::Close { conn: ConnId(101) }]);
@@ -581,6 +640,63 @@ mod multiplex {
         assert!(!sent_to(&actions, CONTROL).is_empty(), "a ping");
         let actions = m.h.advance(Duration::from_secs(31));
         assert!(closes(&actions, CONTROL), "{actions:?}");
+        assert_eq!(m.h.machine.client_count(), 0);
+    }
+
+    #[test]
+    fn pr4_finished_streams_leave_no_state_behind() {
+        let mut m = Mux::new();
+        let before = m.h.machine.connection_count();
+        for user in 0..50 {
+            let conn = ConnId(100 + user);
+            let s = m.user(100 + user);
+            let actions = m.h.input(Input::ReadClosed { conn });
+            assert!(m.deliver(actions).is_empty());
+            m.client.finish(s).expect("fin");
+            let actions = m.push();
+            assert_eq!(
+                actions,
+                vec![Action::Shutdown { conn }, Action::Close { conn }]
+            );
+            m.events();
+        }
+        for user in 50..60 {
+            let s = m.user(100 + user);
+            m.client.reset(s);
+            m.push();
+        }
+        assert_eq!(m.h.machine.connection_count(), before);
+    }
+
+    #[test]
+    fn pr13_a_ping_flood_that_is_never_read_pauses_the_control_connection() {
+        let mut m = Mux::new();
+        let mut flood = Vec::new();
+        for i in 0..100_000u32 {
+            crate::codec::yamux::ping(crate::codec::yamux::Flags::SYN, i, &mut flood);
+        }
+        let mut paused = false;
+        for _ in 0..8 {
+            let actions = m.h.recv(CONTROL, &flood);
+            paused |= actions.contains(&Action::PauseRead { conn: CONTROL });
+        }
+        assert!(
+            paused,
+            "8 MiB of answers queued and the control connection still read"
+        );
+    }
+
+    #[test]
+    fn pr5_a_client_goaway_ends_it_once_its_streams_are_done() {
+        let mut m = Mux::new();
+        let s = m.user(100);
+        m.client.go_away(crate::codec::yamux::GoAwayCode::Normal);
+        m.push();
+        assert_eq!(m.h.machine.client_count(), 1, "the open stream goes on");
+        m.client.reset(s);
+        let bytes = m.client.take_output();
+        let actions = m.h.recv(CONTROL, &bytes);
+        assert!(actions.contains(&Action::CloseListener { listener: m.public }));
         assert_eq!(m.h.machine.client_count(), 0);
     }
 

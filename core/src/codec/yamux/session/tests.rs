@@ -882,3 +882,34 @@ fn never_panics_on_random_frames() {
         prop as fn(Vec<(u8, u8, u8, u32, Vec<u8>)>, Vec<u8>, Vec<u8>, bool) -> TestResult,
     );
 }
+
+#[test]
+fn a_busy_peer_is_alive_while_its_pong_is_queued() {
+    let t0 = test_epoch();
+    let config = Config {
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_timeout: Duration::from_secs(30),
+        ..Config::default()
+    };
+    let mut a = Session::new(Mode::Client, config.clone(), t0);
+    let mut b = Session::new(Mode::Server, config, t0);
+    let s = a.open().expect("open");
+    b.receive(&a.take_output(), t0).expect("syn");
+    a.handle_timeout(t0 + Duration::from_secs(30))
+        .expect("ping out");
+    let _ping = a.take_output(); // stuck behind data: b never reads it
+    // b keeps sending data; a hears it every 10 s.
+    for i in 1..=6u64 {
+        let now = t0 + Duration::from_secs(30 + 10 * i);
+        b.send(s, b"busy").expect("send");
+        a.receive(&b.take_output(), now).expect("data");
+        assert_eq!(a.handle_timeout(now), Ok(()), "alive at {i}");
+    }
+    // Then silence: the timeout runs from the last byte heard.
+    let last = t0 + Duration::from_secs(90);
+    assert_eq!(a.handle_timeout(last + Duration::from_secs(29)), Ok(()));
+    assert_eq!(
+        a.handle_timeout(last + Duration::from_secs(30)),
+        Err(SessionError::KeepaliveTimeout)
+    );
+}
