@@ -232,7 +232,25 @@ impl MuxBridge {
         let Some(link) = self.links.get_mut(&stream) else {
             return;
         };
-        link.pending.extend_from_slice(data);
+        // With nothing waiting, the window takes what it can straight from the
+        // read: only the rest is copied into `pending`.
+        let mut taken = 0;
+        if link.pending.is_empty() && self.control_unflushed < CONTROL_HIGH_WATER {
+            match self.session.send(stream, data) {
+                Ok(n) => taken = n.min(data.len()),
+                Err(_) => {
+                    self.drop_link(stream, true, out);
+                    self.session.reset(stream);
+                    self.settle(out);
+                    return;
+                }
+            }
+        }
+        if let Some(rest) = data.get(taken..)
+            && !rest.is_empty()
+        {
+            link.pending.extend_from_slice(rest);
+        }
         self.feed_stream(stream, out);
         self.settle(out);
     }
