@@ -96,7 +96,7 @@ pub enum Event {
         /// The backoff.
         retry_in: Duration,
     },
-    /// The relay announced more users than [`MAX_EVENT_PAIRS`] being connected:
+    /// The relay announced more users than can be connected at once (128):
     /// this one was not answered (the relay closes it when its id expires).
     EventDropped,
     /// A user's connection to the local server failed; that user was closed.
