@@ -61,10 +61,20 @@
 //!
 //! # Pipes
 //!
-//! After `Pipe{a, b}` the driver copies bytes between the two streams itself,
-//! with at most [`PIPE_BUFFER_SIZE`] (256 KiB) queued per direction: a side is
-//! read only as far as its destination's queue has room. Half-close is carried
-//! through, whatever the machine's `HALF_CLOSE`: when a side reads `FIN`, the
+//! After `Pipe{a, b}` the driver moves bytes between the two streams itself.
+//! On Linux each direction goes through a kernel pipe with `splice(2)` (socket
+//! to pipe to socket: the bytes never cross into user space, but for a first
+//! read of up to 16 KiB per wakeup when nothing waits for the destination,
+//! copied as it is cheaper for small messages); that pipe (1 MiB where the
+//! system allows, at least 64 KiB) is the direction's buffer, and a
+//! side is not read while the pipe toward its peer is full. Bytes the machine
+//! queued for a side (before the pipe, or by a later `Send`) keep their place:
+//! everything read before them goes first, everything read after them follows.
+//! Elsewhere, or when no kernel pipe can be had (out of descriptors, or of
+//! pipe buffers), a direction copies through the read buffer, with at most
+//! [`PIPE_BUFFER_SIZE`] (256 KiB) queued: a side is read only as far as its
+//! destination's queue has room. Half-close is carried through, whatever the
+//! machine's `HALF_CLOSE`: when a side reads `FIN`, the
 //! other side's write direction is shut down once everything read before it was
 //! written, and the opposite direction goes on. When both directions have ended
 //! so, both sides are closed and reported `Closed`. When a side fails (reset,
@@ -99,8 +109,13 @@ const READ_BUDGET: usize = 2 * READ_BUFFER_SIZE;
 const DATAGRAMS_PER_WAKEUP: usize = 16;
 /// Accepts per listener per wakeup.
 const ACCEPTS_PER_WAKEUP: usize = 64;
-/// Bytes queued per pipe direction before the source is no longer read.
+/// Bytes queued per copied pipe direction before the source is no longer read
+/// (a spliced direction is bounded by its kernel pipe instead).
 pub const PIPE_BUFFER_SIZE: usize = 256 * 1024;
+/// A spliced pipe direction first reads this much by copying when nothing
+/// waits for the destination: a small message costs two cheap syscalls then,
+/// and only what is more goes through the kernel pipe.
+const SPLICE_MIN: usize = 16 * 1024;
 /// How long a pipe side that ended may take to write what is queued for it.
 const LINGER: Duration = Duration::from_secs(30);
 /// Datagrams queued per UDP socket while it would block; more are dropped.
@@ -598,6 +613,7 @@ impl Readiness {
 }
 
 mod sockets;
+mod splice;
 mod write_queue;
 
 #[cfg(test)]

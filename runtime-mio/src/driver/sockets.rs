@@ -10,8 +10,11 @@ use ferry_core::io::{Action, ConnId, ListenerId, OwnedInput, SocketId};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Poll, Token};
 
+use super::splice::KernelPipe;
 use super::write_queue::WriteQueue;
-use super::{LINGER, PIPE_BUFFER_SIZE, READ_BUDGET, READ_BUFFER_SIZE, UDP_QUEUE, WAKER, earliest};
+use super::{
+    LINGER, PIPE_BUFFER_SIZE, READ_BUDGET, READ_BUFFER_SIZE, SPLICE_MIN, UDP_QUEUE, WAKER, earliest,
+};
 
 // `io::ErrorKind::InProgress` is not stable yet; mio's docs name the errno.
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -76,6 +79,11 @@ pub(super) struct Conn {
     pub(super) paused: bool,
     /// Reading stopped because the pipe peer's queue is full.
     pub(super) pipe_blocked: bool,
+    /// Spliced: the last read found the kernel pipe toward the peer maybe full
+    /// (the kernel does not say whether the pipe is full or the socket empty):
+    /// read again once the peer took some. Still registered for reading: new
+    /// bytes bring their edge, and a `FIN` behind a full pipe is read then.
+    pub(super) pipe_full: bool,
     /// Registered with `READABLE` (`WRITABLE` always is: mio wants one interest
     /// and edges make an idle `WRITABLE` free).
     pub(super) reading: bool,
@@ -87,6 +95,16 @@ pub(super) struct Conn {
     pub(super) shutdown: bool,
     /// The write direction is shut down.
     pub(super) write_closed: bool,
+    /// Piped: the kernel pipe that carries the pipe peer's bytes to this side
+    /// (`splice(2)`, Linux), written after `out`. `None`: that direction copies.
+    pub(super) inbound: Option<KernelPipe>,
+}
+
+impl Conn {
+    /// Nothing is waiting to be written to this side.
+    fn drained(&self) -> bool {
+        self.out.is_empty() && self.inbound.as_ref().is_none_or(KernelPipe::is_empty)
+    }
 }
 
 pub(super) struct Listener {
@@ -128,6 +146,9 @@ pub(super) struct Sockets {
     pub(super) ready: VecDeque<Token>,
     pub(super) retry_accept: Vec<(Instant, Token)>,
     pub(super) tun_warned: bool,
+    /// Pipe directions go through a kernel pipe where the system has one
+    /// (false: every direction copies, as on other systems; for tests).
+    pub(super) splice: bool,
 }
 
 impl Sockets {
@@ -148,6 +169,7 @@ impl Sockets {
             ready: VecDeque::new(),
             retry_accept: Vec::new(),
             tun_warned: false,
+            splice: true,
         }
     }
 
@@ -288,10 +310,12 @@ impl Sockets {
                 flushed: 0,
                 paused: false,
                 pipe_blocked: false,
+                pipe_full: false,
                 reading: true,
                 read_closed: false,
                 shutdown: false,
                 write_closed: false,
+                inbound: None,
             },
         );
         Ok(())
@@ -335,7 +359,28 @@ impl Sockets {
         if conn.out.is_empty() && conn.state != ConnState::Connecting {
             self.unsent.push(id);
         }
+        // Bytes the pipe already read for `id` go first: `out` is written
+        // before the kernel pipe, so they move to `out` (a rare copy).
+        let (moved, failed) = match conn.inbound.as_mut() {
+            Some(pipe) if !pipe.is_empty() => (true, pipe.take_into(&mut conn.out).err()),
+            _ => (false, None),
+        };
         conn.out.push(data);
+        if let Some(e) = failed {
+            tracing::debug!(%id, "reading a splice pipe failed: {e}");
+            self.end_pipe(id, true);
+        } else if moved && let ConnState::Piped(source) = conn.state {
+            // The kernel pipe is empty now; `out` bounds the source as in a
+            // copied direction (resumed once it holds less than that).
+            if conn.out.len >= PIPE_BUFFER_SIZE {
+                if let Some(source) = self.conns.get_mut(&source) {
+                    source.pipe_blocked = true;
+                }
+                self.update_interest(source);
+            } else {
+                self.resume(source);
+            }
+        }
     }
 
     /// Write what this drain's `Send`s queued (see `unsent`).
@@ -356,7 +401,11 @@ impl Sockets {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if conn.out.is_empty() || conn.state == ConnState::Connecting {
+        if conn.state == ConnState::Connecting {
+            return;
+        }
+        if conn.out.is_empty() {
+            self.write_spliced(id);
             return;
         }
         match conn.out.write_to(&mut conn.stream) {
@@ -369,14 +418,40 @@ impl Sockets {
                     }
                     conn.flushed += machine_bytes;
                 }
+                let empty = conn.out.is_empty();
                 if let ConnState::Piped(source) = conn.state
                     && conn.out.len < PIPE_BUFFER_SIZE
                 {
-                    self.unblock(source);
+                    self.resume(source);
+                }
+                if empty {
+                    self.write_spliced(id);
                 }
             }
             Err(e) => {
                 tracing::debug!(%id, "write failed: {e}");
+                self.lose(id);
+            }
+        }
+    }
+
+    /// Move what the kernel pipe holds for `id` into its socket (`out` is
+    /// empty); a source that found the pipe full is read again.
+    fn write_spliced(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let ConnState::Piped(source) = conn.state else {
+            return;
+        };
+        let Some(pipe) = conn.inbound.as_mut().filter(|p| !p.is_empty()) else {
+            return;
+        };
+        match pipe.drain_to(&conn.stream) {
+            Ok(0) => {}
+            Ok(_) => self.resume(source),
+            Err(e) => {
+                tracing::debug!(%id, "pipe splice out failed: {e}");
                 self.lose(id);
             }
         }
@@ -402,7 +477,7 @@ impl Sockets {
         };
         if !conn.shutdown
             || conn.write_closed
-            || !conn.out.is_empty()
+            || !conn.drained()
             || conn.state == ConnState::Connecting
         {
             return;
@@ -494,6 +569,17 @@ impl Sockets {
         }
     }
 
+    /// The pipe peer of `id` took some of what waits for it: read `id` again if
+    /// it stopped for that.
+    fn resume(&mut self, id: ConnId) {
+        self.unblock(id);
+        if let Some(conn) = self.conns.get_mut(&id)
+            && std::mem::take(&mut conn.pipe_full)
+        {
+            self.ready.push_back(conn.token);
+        }
+    }
+
     pub(super) fn unblock(&mut self, id: ConnId) {
         if let Some(conn) = self.conns.get_mut(&id)
             && conn.pipe_blocked
@@ -504,10 +590,17 @@ impl Sockets {
     }
 
     /// Remove `id` from the tables; the caller decides what becomes of the socket.
+    /// What the kernel pipe held for it is in `out` then.
     pub(super) fn forget(&mut self, id: ConnId) -> Option<Conn> {
         let mut conn = self.conns.remove(&id)?;
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.tokens.remove(&conn.token);
+        if let Some(mut pipe) = conn.inbound.take()
+            && !pipe.is_empty()
+            && let Err(e) = pipe.take_into(&mut conn.out)
+        {
+            tracing::debug!(%id, "reading a splice pipe failed: {e}");
+        }
         Some(conn)
     }
 
@@ -557,7 +650,20 @@ impl Sockets {
             return;
         }
         for (this, other) in [(a, b), (b, a)] {
+            // The kernel pipe that carries `other`'s bytes to `this`, unless that
+            // direction already ended or `this` was shut down (its bytes are dropped).
+            let spliced = self.splice
+                && !self.conns.get(&other).is_some_and(|c| c.read_closed)
+                && self.conns.get(&this).is_some_and(|c| !c.shutdown);
+            let inbound = if spliced {
+                KernelPipe::new()
+                    .inspect_err(|e| tracing::debug!(%a, %b, "no splice pipe, copying: {e}"))
+                    .ok()
+            } else {
+                None
+            };
             if let Some(conn) = self.conns.get_mut(&this) {
+                conn.inbound = inbound;
                 conn.state = ConnState::Piped(other);
                 conn.paused = false;
                 // No `Flushed` from now on, not even for what was queued before.
@@ -583,9 +689,136 @@ impl Sockets {
         self.end_pipe_if_done(a, b);
     }
 
-    /// Copy from piped `id` to its peer until the socket is empty, the peer's
-    /// queue is full, or this wakeup's share is used.
+    /// Move bytes from piped `id` to its peer until the socket is empty, the
+    /// peer's queue (or kernel pipe) is full, or this wakeup's share is used.
     pub(super) fn pump(&mut self, id: ConnId, short_read_drains: bool) {
+        if let Some(ConnState::Piped(peer)) = self.conns.get(&id).map(|c| c.state)
+            && self
+                .conns
+                .get(&peer)
+                .is_some_and(|p| p.inbound.is_some() && !p.shutdown)
+        {
+            self.splice(id, peer, short_read_drains);
+        } else {
+            self.copy(id, short_read_drains);
+        }
+    }
+
+    /// `pump` through the peer's kernel pipe: the bytes stay in the kernel.
+    fn splice(&mut self, id: ConnId, peer_id: ConnId, short_read_drains: bool) {
+        let mut budget = READ_BUDGET;
+        // A few bytes (a request, a reply) cost less copied: two syscalls, and
+        // a short read tells that the socket is empty, which a splice does not
+        // (a short splice may have filled the pipe). Only with nothing queued
+        // for the peer, so the copied bytes cannot overtake any.
+        let [Some(conn), Some(peer)] = self.conns.get_disjoint_mut([&id, &peer_id]) else {
+            return;
+        };
+        if conn.read_closed {
+            return;
+        }
+        conn.pipe_full = false;
+        if peer.drained() {
+            let n = match conn.stream.read(&mut self.buf[..SPLICE_MIN]) {
+                Ok(0) => {
+                    self.read_eof(id, peer_id);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    self.ready.push_back(conn.token);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(%id, "pipe read failed: {e}");
+                    self.end_pipe(id, true);
+                    return;
+                }
+            };
+            if let Err(e) = peer.out.write_slice(&mut peer.stream, &self.buf[..n]) {
+                tracing::debug!(id = %peer_id, "pipe write failed: {e}");
+                self.end_pipe(peer_id, true);
+                return;
+            }
+            if short_read_drains && n < SPLICE_MIN {
+                return;
+            }
+            budget -= n;
+        }
+        while budget > 0 {
+            let [Some(conn), Some(peer)] = self.conns.get_disjoint_mut([&id, &peer_id]) else {
+                return;
+            };
+            if conn.read_closed || peer.shutdown || conn.state != ConnState::Piped(peer_id) {
+                return;
+            }
+            let Some(pipe) = peer.inbound.as_mut() else {
+                return;
+            };
+            match pipe.fill_from(&conn.stream, budget) {
+                Ok(0) => {
+                    // Half-close carried through, once the kernel pipe is empty.
+                    self.read_eof(id, peer_id);
+                    return;
+                }
+                Ok(n) => budget = budget.saturating_sub(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The socket is empty, or the kernel pipe is full.
+                    if pipe.is_empty() {
+                        return;
+                    }
+                    if !self.pipe_room(peer_id) {
+                        // Read again once the peer took some (`write_spliced`).
+                        if let Some(conn) = self.conns.get_mut(&id) {
+                            conn.pipe_full = true;
+                        }
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(%id, "pipe splice in failed: {e}");
+                    self.end_pipe(id, true);
+                    return;
+                }
+            }
+            self.write_queued(peer_id);
+        }
+        if let Some(conn) = self.conns.get(&id) {
+            self.ready.push_back(conn.token);
+        }
+    }
+
+    /// Write what waits for `id`; true if its kernel pipe got emptier (or the
+    /// pipe ended: then there is nothing left to wait for either).
+    fn pipe_room(&mut self, id: ConnId) -> bool {
+        let held = |s: &Self| {
+            s.conns
+                .get(&id)
+                .and_then(|c| c.inbound.as_ref().map(|p| p.len()))
+        };
+        let before = held(self);
+        self.write_queued(id);
+        match (before, held(self)) {
+            (Some(before), Some(after)) => after < before,
+            _ => true,
+        }
+    }
+
+    /// Piped `id` read end-of-stream: stop reading it; its peer's write direction
+    /// is shut down after everything read from `id`; the other direction goes on.
+    fn read_eof(&mut self, id: ConnId, peer_id: ConnId) {
+        self.set_read_closed(id);
+        if let Some(peer) = self.conns.get_mut(&peer_id) {
+            peer.shutdown = true;
+        }
+        self.finish_shutdown(peer_id);
+    }
+
+    /// `pump` through the read buffer: every byte is copied through user space.
+    fn copy(&mut self, id: ConnId, short_read_drains: bool) {
         let mut budget = READ_BUDGET;
         while budget > 0 {
             let Some((ConnState::Piped(peer_id), false)) =
@@ -608,13 +841,7 @@ impl Sockets {
             };
             let n = match conn.stream.read(&mut self.buf[..room]) {
                 Ok(0) => {
-                    // Half-close carried through: the peer gets a FIN after
-                    // everything read from `id`; the other direction goes on.
-                    self.set_read_closed(id);
-                    if let Some(peer) = self.conns.get_mut(&peer_id) {
-                        peer.shutdown = true;
-                    }
-                    self.finish_shutdown(peer_id);
+                    self.read_eof(id, peer_id);
                     return;
                 }
                 Ok(n) => {

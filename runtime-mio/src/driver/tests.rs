@@ -13,7 +13,7 @@ use ferry_conformance::puppet::{Do, HalfClosePuppet, Puppet, Seen};
 use ferry_core::io::{Action, CORE_ID_BIT, ConnId, ListenerId, SocketId};
 
 use super::write_queue::WriteQueue;
-use super::{Handle, run, spawn};
+use super::{Driver, Handle, run, spawn};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -49,6 +49,27 @@ impl Harness {
         .expect("spawn the driver");
         Self {
             handle,
+            seen,
+            pings: 0,
+        }
+    }
+
+    /// A probe whose pipes copy through user space, as where there is no
+    /// `splice(2)` (on Linux, `start` splices).
+    fn start_copying(echo: bool) -> Self {
+        let (tx, seen) = channel();
+        let mut driver = Driver::new(Probe::new(echo)).expect("a driver");
+        driver.sockets.splice = false;
+        let remote = driver.remote();
+        let thread = std::thread::spawn(move || {
+            driver
+                .run(move |e| {
+                    let _ = tx.send(e);
+                })
+                .map(drop)
+        });
+        Self {
+            handle: Handle { remote, thread },
             seen,
             pings: 0,
         }
@@ -532,11 +553,15 @@ fn half_close_transfer(from: &StdStream, to: &StdStream, data: Vec<u8>) -> Vec<u
 
 /// Two clients piped together; each half-closes in turn after sending `len` bytes.
 fn pipe_half_close(half_close: bool, len: usize) {
-    let mut h = if half_close {
+    let h = if half_close {
         Harness::start_half_close(false)
     } else {
         Harness::start(false)
     };
+    pipe_half_close_in(h, len);
+}
+
+fn pipe_half_close_in(mut h: Harness, len: usize) {
     let (_, addr) = h.listen();
     let (x, a) = h.accept(addr);
     let (y, b) = h.accept(addr);
@@ -627,6 +652,247 @@ fn pipe_carries_an_earlier_fin_after_the_bytes_still_queued() {
     assert!(got == queued, "Y read other bytes ({} of {LEN})", got.len());
     expect_pipe_closed(&mut h, a, b);
     h.stop();
+}
+
+#[test]
+fn copied_pipe_carries_half_close_both_ways_after_large_transfers() {
+    pipe_half_close_in(Harness::start_copying(false), 7);
+    pipe_half_close_in(Harness::start_copying(false), 8 << 20);
+}
+
+/// Bytes the machine queued for Y before the `Pipe` (more than its socket
+/// takes), then 16 MiB from X, far more than a kernel pipe holds: Y reads the
+/// queued bytes first, then X's, byte for byte; then the other way.
+fn queued_then_piped(mut h: Harness) {
+    const QUEUED: usize = 4 << 20;
+    const PIPED: usize = 16 << 20;
+    let (_, addr) = h.listen();
+    let (x, a) = h.accept(addr);
+    let (y, b) = h.accept(addr);
+    let queued: Vec<u8> = pattern(QUEUED + 7).into_iter().rev().take(QUEUED).collect();
+    h.act(Action::Send {
+        conn: b,
+        data: queued.clone(),
+    });
+    h.act(Action::Pipe { a, b });
+    h.sync();
+
+    let piped = pattern(PIPED);
+    let got = half_close_transfer(&x, &y, piped.clone());
+    assert_eq!(got.len(), QUEUED + PIPED, "Y read another length");
+    assert!(got[..QUEUED] == queued[..], "the queued bytes differ");
+    assert!(got[QUEUED..] == piped[..], "the piped bytes differ");
+    let got = half_close_transfer(&y, &x, b"and back".to_vec());
+    assert_eq!(got, b"and back");
+    expect_pipe_closed(&mut h, a, b);
+    h.stop();
+}
+
+#[test]
+fn queued_bytes_then_a_large_spliced_transfer_arrive_in_order() {
+    queued_then_piped(Harness::start(false));
+}
+
+#[test]
+fn queued_bytes_then_a_large_copied_transfer_arrive_in_order() {
+    queued_then_piped(Harness::start_copying(false));
+}
+
+/// X writes 16 MiB that Y does not read yet, so the pipe holds some (in the
+/// kernel pipe, when spliced); a `Send` to Y meanwhile goes after every byte
+/// read from X before it and before every byte read after it.
+fn send_between_piped_bytes(mut h: Harness) {
+    const LEN: usize = 16 << 20;
+    // `pattern` never makes these bytes.
+    const MARK: &[u8] = &[251, 252, 253, 254, 255];
+    let (_, addr) = h.listen();
+    let (x, a) = h.accept(addr);
+    let (mut y, b) = h.accept(addr);
+    h.act(Action::Pipe { a, b });
+    h.sync();
+
+    let data = pattern(LEN);
+    let mut writer = x.try_clone().expect("clone");
+    let sent = data.clone();
+    let writing = std::thread::spawn(move || {
+        writer.write_all(&sent)?;
+        writer.shutdown(Shutdown::Write)
+    });
+    // Let the writer fill every buffer on the way (Y reads nothing yet).
+    std::thread::sleep(Duration::from_millis(300));
+    h.act(Action::Send {
+        conn: b,
+        data: MARK.to_vec(),
+    });
+    let after = h.sync();
+    let mut got = Vec::new();
+    y.read_to_end(&mut got).expect("all bytes, then EOF");
+    writing
+        .join()
+        .expect("writer")
+        .expect("write, then shutdown");
+    assert_eq!(got.len(), LEN + MARK.len(), "Y read another length");
+    let at = got
+        .iter()
+        .position(|&byte| byte == MARK[0])
+        .expect("the Send arrived");
+    assert!(at > 0, "the Send overtook the bytes already read");
+    assert_eq!(&got[at..at + MARK.len()], MARK, "the Send was split");
+    assert!(got[..at] == data[..at], "the bytes before the Send differ");
+    assert!(
+        got[at + MARK.len()..] == data[at..],
+        "the bytes after the Send differ"
+    );
+    assert!(
+        !after.iter().any(|s| matches!(s, Seen::Flushed(..))),
+        "a piped connection was reported Flushed: {after:?}"
+    );
+    y.shutdown(Shutdown::Write).expect("shutdown");
+    let mut x = x;
+    assert_eq!(x.read(&mut [0; 1]).expect("EOF"), 0);
+    expect_pipe_closed(&mut h, a, b);
+    h.stop();
+}
+
+#[test]
+fn a_send_while_spliced_bytes_wait_goes_between_them_in_order() {
+    send_between_piped_bytes(Harness::start(false));
+}
+
+#[test]
+fn a_send_while_copied_bytes_wait_goes_between_them_in_order() {
+    send_between_piped_bytes(Harness::start_copying(false));
+}
+
+/// Y does not read and the machine queued 12 MiB for it before the `Pipe`, so
+/// what X sends next waits in the kernel pipe; a `Send` to Y then goes after
+/// those bytes, and before what X sends after it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_send_goes_after_the_bytes_the_kernel_pipe_holds() {
+    const QUEUED: usize = 12 << 20;
+    const MARK: &[u8] = &[251, 252, 253, 254, 255];
+    let mut h = Harness::start(false);
+    let (_, addr) = h.listen();
+    let (mut x, a) = h.accept(addr);
+    let (mut y, b) = h.accept(addr);
+    let queued: Vec<u8> = pattern(QUEUED + 3).into_iter().rev().take(QUEUED).collect();
+    h.act(Action::Send {
+        conn: b,
+        data: queued.clone(),
+    });
+    h.act(Action::Pipe { a, b });
+    h.sync();
+
+    let first = pattern(64 << 10);
+    x.write_all(&first).expect("write");
+    // The driver splices it into the kernel pipe; Y's side is full.
+    std::thread::sleep(Duration::from_millis(800));
+    h.act(Action::Send {
+        conn: b,
+        data: MARK.to_vec(),
+    });
+    h.sync();
+    let second: Vec<u8> = first.iter().rev().copied().collect();
+    x.write_all(&second).expect("write");
+    x.shutdown(Shutdown::Write).expect("shutdown");
+
+    let mut got = Vec::new();
+    y.read_to_end(&mut got).expect("all bytes, then EOF");
+    let expected = [&queued[..], &first, MARK, &second].concat();
+    assert_eq!(got.len(), expected.len(), "Y read another length");
+    assert!(got[..QUEUED] == queued[..], "the queued bytes differ");
+    assert!(
+        got[QUEUED..] == expected[QUEUED..],
+        "the Send is not right after the bytes the pipe held"
+    );
+    y.shutdown(Shutdown::Write).expect("shutdown");
+    assert_eq!(x.read(&mut [0; 1]).expect("EOF"), 0);
+    expect_pipe_closed(&mut h, a, b);
+    h.stop();
+}
+
+/// The largest value of a `min default max` sysctl, if readable.
+fn sysctl_max(path: &str) -> Option<usize> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+/// Y never reads: X's writes must block once the buffers on the way are full
+/// (X's send buffer, A's receive buffer, the pipe, B's send buffer, Y's
+/// receive buffer), not once the relay holds everything; then Y reads it all.
+fn stalled_reader_blocks_the_writer(mut h: Harness) {
+    let rmem = sysctl_max("/proc/sys/net/ipv4/tcp_rmem").unwrap_or(32 << 20);
+    let wmem = sysctl_max("/proc/sys/net/ipv4/tcp_wmem").unwrap_or(32 << 20);
+    // Two of each socket buffer, plus the pipe's own (1 MiB at most) and slack.
+    let limit = 2 * (rmem + wmem) + (2 << 20);
+    let (_, addr) = h.listen();
+    let (mut x, a) = h.accept(addr);
+    let (mut y, b) = h.accept(addr);
+    h.act(Action::Pipe { a, b });
+    h.sync();
+
+    x.set_nonblocking(true).expect("non-blocking");
+    let chunk = pattern(251 * 1024);
+    let mut sent = 0;
+    let deadline = Instant::now() + 3 * WAIT;
+    let mut last_progress = Instant::now();
+    // Stalled: no byte taken for half a second (a busy machine may stall
+    // sooner than the buffers are full; the bound holds all the same).
+    while last_progress.elapsed() < Duration::from_millis(500) {
+        assert!(Instant::now() < deadline, "the writer never blocked");
+        assert!(
+            sent <= limit,
+            "{sent} bytes taken while nobody reads: buffered without bound"
+        );
+        match x.write(&chunk[sent % 251..]) {
+            Ok(n) => {
+                sent += n;
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    x.set_nonblocking(false).expect("blocking");
+    x.shutdown(Shutdown::Write).expect("shutdown");
+
+    // Nothing was lost on the way.
+    let mut got = 0;
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = y.read(&mut buf).expect("read before EOF");
+        if n == 0 {
+            break;
+        }
+        let expected = (got..got + n).map(|i| (i % 251) as u8);
+        assert!(
+            buf[..n].iter().copied().eq(expected),
+            "bytes differ after {got}"
+        );
+        got += n;
+    }
+    assert_eq!(got, sent, "Y read another length");
+    y.shutdown(Shutdown::Write).expect("shutdown");
+    assert_eq!(x.read(&mut [0; 1]).expect("EOF"), 0);
+    expect_pipe_closed(&mut h, a, b);
+    h.stop();
+}
+
+#[test]
+fn a_stalled_reader_blocks_the_writer_through_a_spliced_pipe() {
+    stalled_reader_blocks_the_writer(Harness::start(false));
+}
+
+#[test]
+fn a_stalled_reader_blocks_the_writer_through_a_copied_pipe() {
+    stalled_reader_blocks_the_writer(Harness::start_copying(false));
 }
 
 #[test]
