@@ -24,7 +24,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::bridge::{BridgeEnd, MuxBridge};
+use super::server::MAX_WINDOW;
 use super::{Line, Protocol, take_line};
+use crate::codec::yamux::INITIAL_WINDOW;
 use crate::codec::yamux::session::{self, Mode};
 use crate::io::{Action, ConnId, IdAllocator, Input, Machine};
 use crate::timer::Timers;
@@ -54,6 +56,9 @@ pub struct Config {
     pub reconnect_max: Duration,
     /// Keep-alive interval of the multiplex session; zero turns pings off.
     pub keepalive: Duration,
+    /// The receive window each stream announces (multiplex), in bytes; see
+    /// [`server::DEFAULT_WINDOW`](super::server::DEFAULT_WINDOW).
+    pub window: u32,
 }
 
 impl Config {
@@ -68,6 +73,7 @@ impl Config {
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
             keepalive: Duration::from_secs(30),
+            window: super::server::DEFAULT_WINDOW,
         }
     }
 }
@@ -513,6 +519,7 @@ impl Forwarder {
                     keepalive_interval: (!self.config.keepalive.is_zero())
                         .then_some(self.config.keepalive),
                     keepalive_timeout: self.config.keepalive.max(Duration::from_secs(1)),
+                    receive_window: self.config.window.clamp(INITIAL_WINDOW, MAX_WINDOW),
                     ..session::Config::default()
                 };
                 let bridge = MuxBridge::new(conn, Mode::Server, session, now);

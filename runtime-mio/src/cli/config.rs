@@ -42,6 +42,9 @@ struct PortForwardSection {
     /// Seconds between yamux keep-alive pings; 0 turns them off.
     #[serde(default)]
     keepalive: Option<f64>,
+    /// The receive window each multiplexed stream announces, bytes.
+    #[serde(default)]
+    window: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -152,6 +155,9 @@ fn port_forward(section: PortForwardSection) -> anyhow::Result<ServerSpec> {
     let mut config = forwarder::Config::new(relay, local, protocol);
     if let Some(n) = section.pool_size {
         config.pool_size = n.max(1);
+    }
+    if let Some(window) = section.window {
+        config.window = window;
     }
     if let Some(secs) = section.keepalive {
         config.keepalive = std::time::Duration::try_from_secs_f64(secs)

@@ -64,6 +64,9 @@ pub struct PortRelayArgs {
     /// Relay: clients at once.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     max_clients: usize,
+    /// Multiplex: the receive window each stream announces, bytes (256 KiB to 16 MiB).
+    #[arg(long, default_value_t = server::DEFAULT_WINDOW, value_name = "BYTES")]
+    window: u32,
     /// Seconds between yamux keep-alive pings (multiplex; 0: off).
     #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_secs)]
     keepalive: Duration,
@@ -98,6 +101,7 @@ impl PortRelayArgs {
                     max_pool: self.max_pool,
                     max_clients: self.max_clients,
                     keepalive: self.keepalive,
+                    window: self.window,
                     ..server::Config::default()
                 };
                 Ok(ServerSpec::PortRelay {
@@ -119,6 +123,7 @@ impl PortRelayArgs {
                 );
                 config.pool_size = self.pool_size.max(1);
                 config.keepalive = self.keepalive;
+                config.window = self.window;
                 Ok(ServerSpec::PortForward { config })
             }
             (None, _) => bail!("the relay takes one LOCALPORT (or use --local-forward-port)"),

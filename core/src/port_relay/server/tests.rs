@@ -168,6 +168,22 @@ fn pr2_a_port_range_is_tried_in_order_then_refused() {
 }
 
 #[test]
+fn pr13_the_stream_window_is_clamped() {
+    use crate::codec::yamux::INITIAL_WINDOW;
+    let small = Config {
+        window: 1,
+        ..config()
+    };
+    assert_eq!(small.session().receive_window, INITIAL_WINDOW);
+    let huge = Config {
+        window: u32::MAX,
+        ..config()
+    };
+    assert_eq!(huge.session().receive_window, MAX_WINDOW);
+    assert_eq!(config().session().receive_window, DEFAULT_WINDOW);
+}
+
+#[test]
 fn absurd_settings_are_clamped_not_a_panic() {
     let mut h = relay_with(Config {
         port_range: Some((5001, 5000)),
@@ -564,7 +580,8 @@ mod multiplex {
     fn pr13_credit_returns_only_as_the_user_takes_the_bytes() {
         let mut m = Mux::new();
         let s = m.user(100);
-        let window = INITIAL_WINDOW as usize;
+        // The relay announces its configured window on the stream's SYN.
+        let window = DEFAULT_WINDOW as usize;
         let data = vec![7u8; window + 1000];
         assert_eq!(
             m.client.send(s, &data),
