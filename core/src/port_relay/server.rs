@@ -59,6 +59,11 @@ pub struct Config {
     pub max_pool: usize,
     /// Clients (public listeners) at once; one more is refused.
     pub max_clients: usize,
+    /// Connections the relay tracks at once (handshakes, control, pooled,
+    /// waiting and multiplexed users; spliced pairs are the runtime's): one
+    /// more is closed at once, before a byte is read, bounding what a flood
+    /// of idle connections can hold until the handshake timeout.
+    pub max_connections: usize,
     /// Keep-alive interval of multiplex sessions; 0 turns pings off (PR-5).
     #[serde(with = "crate::serde_secs")]
     pub keepalive: Duration,
@@ -88,6 +93,7 @@ impl Default for Config {
             max_waiting: 128,
             max_pool: 64,
             max_clients: 1024,
+            max_connections: 10_000,
             keepalive: Duration::from_secs(30),
             window: DEFAULT_WINDOW,
         }
@@ -306,6 +312,14 @@ impl Server {
     }
 
     fn accept(&mut self, listener: ListenerId, conn: ConnId, now: Instant) {
+        if self.conns.len() >= self.config.max_connections {
+            self.actions.push_back(Action::Close { conn });
+            self.events.push_back(Event::Refused {
+                conn,
+                reason: "too many connections",
+            });
+            return;
+        }
         if self.control_listeners.contains(&listener) {
             self.conns.insert(
                 conn,

@@ -64,6 +64,9 @@ pub struct PortRelayArgs {
     /// Relay: clients at once.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     max_clients: usize,
+    /// Relay: connections tracked at once (handshakes, pooled, waiting, multiplexed).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_connections: usize,
     /// Multiplex: the receive window each stream announces, bytes (256 KiB to 16 MiB).
     #[arg(long, default_value_t = server::DEFAULT_WINDOW, value_name = "BYTES")]
     window: u32,
@@ -100,6 +103,7 @@ impl PortRelayArgs {
                     max_waiting: self.max_waiting,
                     max_pool: self.max_pool,
                     max_clients: self.max_clients,
+                    max_connections: self.max_connections,
                     keepalive: self.keepalive,
                     window: self.window,
                     ..server::Config::default()

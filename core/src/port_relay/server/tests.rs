@@ -120,6 +120,31 @@ fn pr1_handshake_lines_may_arrive_byte_by_byte_with_cr() {
 }
 
 #[test]
+fn pr1_a_connection_flood_is_bounded() {
+    let mut h = relay_with(Config {
+        max_connections: 3,
+        ..config()
+    });
+    let (public, _) = open_client(&mut h, 1, b"event\nnew\n");
+    h.accept(2);
+    user(&mut h, public, 100);
+    assert_eq!(h.machine.connection_count(), 3);
+    let actions = h.input(Input::Accepted {
+        listener: LISTENER,
+        conn: ConnId(3),
+        peer: "127.0.0.1:9".parse().unwrap(),
+    });
+    assert_eq!(actions, vec![Action::Close { conn: ConnId(3) }]);
+    assert_eq!(
+        user(&mut h, public, 101),
+        vec![Action::Close { conn: ConnId(101) }]
+    );
+    // The handshake that never completes times out and makes room.
+    h.advance(Duration::from_secs(11));
+    h.accept(4);
+}
+
+#[test]
 fn pr2_each_client_gets_its_own_listener_closed_with_its_connection() {
     let mut h = relay();
     let (l1, _) = open_client(&mut h, 1, b"event\nnew\n");
