@@ -27,6 +27,7 @@
 //!
 //! ## Protocols
 //!
+//! - [`mount_relay`]: seed 000, a tracker pairs relay and listener points over UDP (wire formats so far).
 //! - [`name_relay`]: seed 004, a TCP relay addressed by registered names.
 //! - [`port_relay`]: seed 001, a public port per client over yamux, a pool or events.
 //! - [`ws_relay`]: seed 003, WebSocket rooms (relayId/peerId) with targeted messages.
@@ -36,6 +37,7 @@
 
 pub mod codec;
 pub mod io;
+pub mod mount_relay;
 pub mod name_relay;
 pub mod port_relay;
 pub mod timer;
