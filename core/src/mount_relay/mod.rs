@@ -3,8 +3,9 @@
 //! and the relay streams CRC32-checked data to the listener.
 //!
 //! So far: [`wire`], the byte formats every part speaks (the stream datagram,
-//! the handshake strings, the tracker's requests and its `Address` list). The
-//! tracker, the points and the STUN transaction that shares the punched socket
-//! come next (issue 5).
+//! the handshake strings, the tracker's requests and its `Address` list), and
+//! the [`tracker`] machine. The points and the STUN transaction that shares the
+//! punched socket come next (issue 5).
 
+pub mod tracker;
 pub mod wire;
