@@ -35,6 +35,8 @@ enum Command {
     /// Run the port relay (`ferry port-relay LOCALPORT`), or a forwarder exposing a
     /// local server through one (`ferry port-relay --local-forward-port=P HOST PORT`).
     PortRelay(cli::port_relay::PortRelayArgs),
+    /// Run the mount relay's tracker (seed 000): points of a mount find each other.
+    MountTracker(daemon::MountTrackerArgs),
     /// Talk to a name relay: interactively, or send once and/or receive N messages.
     NameClient(name_client::Args),
     /// Run every server from a TOML config (each on loopback at its default port without one).
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::PortRelay(args) => args
             .into_spec()
             .and_then(|spec| daemon::supervise(vec![spec])),
+        Command::MountTracker(args) => daemon::supervise(vec![args.into_spec()]),
         Command::NameClient(args) => name_client::run(args),
         Command::Up(args) => config::up(args),
     };

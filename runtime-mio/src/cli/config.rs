@@ -23,6 +23,8 @@ const NAME_RELAY_LISTEN: &str = "127.0.0.1:8080";
 const WS_RELAY_LISTEN: &str = "127.0.0.1:42102";
 /// The port relay's control port when the config does not say (the seed has none).
 const PORT_RELAY_LISTEN: &str = "127.0.0.1:7000";
+/// The mount tracker's port when the config does not say (the seed has none).
+const MOUNT_TRACKER_LISTEN: &str = "127.0.0.1:7100";
 
 /// `[port_forward]`: a forwarder needs a relay, so it runs only when configured.
 #[derive(Debug, serde::Deserialize)]
@@ -123,6 +125,16 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<ServerSpec>> {
             config,
         });
     }
+    if let Some(section) = Section::take(&mut root, "mount_tracker", MOUNT_TRACKER_LISTEN)? {
+        let config: ferry_core::mount_relay::tracker::Config = section
+            .rest
+            .try_into()
+            .map_err(|e| anyhow!("[mount_tracker]: {e}"))?;
+        specs.push(ServerSpec::MountTracker {
+            listen: section.listen,
+            config,
+        });
+    }
     if let Some(section) = root.remove("port_forward") {
         let section: PortForwardSection = section
             .try_into()
@@ -133,7 +145,7 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<ServerSpec>> {
     }
     if let Some(unknown) = root.keys().next() {
         bail!(
-            "unknown section [{unknown}]; known: [name_relay], [ws_relay], [port_relay], [port_forward]"
+            "unknown section [{unknown}]; known: [name_relay], [ws_relay], [port_relay], [mount_tracker], [port_forward]"
         );
     }
     Ok(specs)
@@ -238,6 +250,10 @@ mod tests {
                     listen: PORT_RELAY_LISTEN.parse().expect("addr"),
                     config: PortRelayConfig::default(),
                 },
+                ServerSpec::MountTracker {
+                    listen: MOUNT_TRACKER_LISTEN.parse().expect("addr"),
+                    config: Default::default(),
+                },
             ]
         );
     }
@@ -259,9 +275,11 @@ mod tests {
 
     #[test]
     fn disabled_section_starts_nothing() {
-        let all_off = "[name_relay]\nenabled = false\n[ws_relay]\nenabled = false\n[port_relay]\nenabled = false\n";
+        let all_off = "[name_relay]\nenabled = false\n[ws_relay]\nenabled = false\n[port_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n";
         assert!(parse(all_off).expect("parses").is_empty());
-        let specs = parse("[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n")
+        let specs = parse(
+            "[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n",
+        )
             .expect("parses");
         assert!(matches!(specs.as_slice(), [ServerSpec::WsRelay { .. }]));
     }
@@ -269,7 +287,7 @@ mod tests {
     #[test]
     fn ws_relay_section_reads_its_config() {
         let specs = parse(
-            "[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n[ws_relay]\nlisten = \"127.0.0.1:9100\"\nping_interval = 5\nallowed_origins = [\"http://a\"]\n",
+            "[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n[ws_relay]\nlisten = \"127.0.0.1:9100\"\nping_interval = 5\nallowed_origins = [\"http://a\"]\n",
         )
         .expect("parses");
         let [
@@ -294,7 +312,7 @@ mod tests {
     #[test]
     fn ws_relay_tls_keys_belong_to_the_runtime() {
         let specs = parse(
-            "[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n[ws_relay]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nping_interval = 5\n",
+            "[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n[ws_relay]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nping_interval = 5\n",
         )
         .expect("parses");
         let [ServerSpec::WsRelay { tls, .. }] = specs.as_slice() else {
@@ -320,13 +338,13 @@ mod tests {
     #[test]
     fn the_example_config_parses() {
         let text = include_str!("../../ferry.example.toml");
-        assert_eq!(parse(text).expect("parses").len(), 3);
+        assert_eq!(parse(text).expect("parses").len(), 4);
     }
 
     #[test]
     fn pr14_port_relay_and_forwarder_sections() {
         let specs = parse(
-            "[name_relay]\nenabled = false\n[ws_relay]\nenabled = false\n[port_relay]\nlisten = \"127.0.0.1:7100\"\npool_wait = 3\nport_range = [5000, 5010]\npublic_ip = \"127.0.0.1\"\n[port_forward]\nrelay = \"127.0.0.1:7100\"\nlocal_port = 6379\nprotocol = \"pool\"\npool_size = 4\n",
+            "[name_relay]\nenabled = false\n[ws_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n[port_relay]\nlisten = \"127.0.0.1:7100\"\npool_wait = 3\nport_range = [5000, 5010]\npublic_ip = \"127.0.0.1\"\n[port_forward]\nrelay = \"127.0.0.1:7100\"\nlocal_port = 6379\nprotocol = \"pool\"\npool_size = 4\n",
         )
         .expect("parses");
         let [

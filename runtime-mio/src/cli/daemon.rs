@@ -193,6 +193,13 @@ pub enum ServerSpec {
         /// The relay's tunables.
         config: port_server::Config,
     },
+    /// Seed 000, the mount relay's tracker.
+    MountTracker {
+        /// Where to listen.
+        listen: SocketAddr,
+        /// The tracker's tunables.
+        config: ferry_core::mount_relay::tracker::Config,
+    },
     /// Seed 001, a forwarder exposing a local server through a port relay.
     PortForward {
         /// Relay, local server, protocol.
@@ -207,6 +214,7 @@ impl ServerSpec {
             ServerSpec::WsRelay { .. } => "ws-relay",
             ServerSpec::PortRelay { .. } => "port-relay",
             ServerSpec::PortForward { .. } => "port-forward",
+            ServerSpec::MountTracker { .. } => "mount-tracker",
         }
     }
 
@@ -270,6 +278,15 @@ impl ServerSpec {
                         port_server::Command::Shutdown,
                     ],
                     move |event| super::port_relay::relay_event(event, &failed),
+                )
+            }
+            ServerSpec::MountTracker { listen, config } => {
+                use ferry_core::mount_relay::tracker;
+                run_machine(
+                    name,
+                    tracker::Tracker::new(config),
+                    [tracker::Command::Listen(listen), tracker::Command::Shutdown],
+                    move |event| mount_tracker_event(event, &notices),
                 )
             }
             ServerSpec::PortForward { config } => {
@@ -412,6 +429,60 @@ fn ws_relay_event(event: ws_relay::Event, tls: bool, notices: &Sender<Notice>) {
         },
         Event::Dropped { conn, why } => tracing::debug!(%conn, why = %why, "message not relayed"),
         other => tracing::debug!(?other, "ws relay event"),
+    }
+}
+
+fn mount_tracker_event(event: ferry_core::mount_relay::tracker::Event, notices: &Sender<Notice>) {
+    use ferry_core::mount_relay::tracker::Event;
+    match event {
+        Event::Listening { local, .. } => {
+            tracing::info!(%local, "mount tracker listening");
+            announce("mount-tracker", local);
+        }
+        Event::ListenFailed { error, .. } => {
+            let _ = notices.send(Notice::Failed {
+                server: "mount-tracker",
+                error,
+            });
+        }
+        Event::Registered { mount, addr, relay } => {
+            tracing::info!(mount = %mount, %addr, relay, "point registered");
+        }
+        Event::Paired { a, b } => tracing::info!(%a, %b, "points connected"),
+        Event::Rejected {
+            conn,
+            status,
+            reason,
+        } => tracing::info!(%conn, status, reason = %reason, "request refused"),
+    }
+}
+
+/// `ferry mount-tracker`.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:
+  ferry mount-tracker --listen 0.0.0.0:7100
+  # points register with: GET /Pi HTTP/1.0 / Mount: NAME / MyAddr: IP:PORT [/ Latency: MS / Flag: relay]
+
+Prints `mount-tracker listening on <ADDR>` on stdout once bound.")]
+pub struct MountTrackerArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:7100", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Seconds a registration lives without a refresh.
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
+    ttl: Duration,
+}
+
+impl MountTrackerArgs {
+    /// The server these flags describe.
+    pub fn into_spec(self) -> ServerSpec {
+        ServerSpec::MountTracker {
+            listen: self.listen,
+            config: ferry_core::mount_relay::tracker::Config {
+                ttl: self.ttl,
+                ..Default::default()
+            },
+        }
     }
 }
 
