@@ -6,6 +6,7 @@
 //! - [`yamux`]: yamux frame headers (hashicorp `spec.md`) and their header-local rules.
 
 pub mod http1;
+pub mod stun;
 pub mod websocket;
 pub mod yamux;
 
