@@ -30,6 +30,7 @@
 //! - [`mount_relay`]: seed 000, a tracker pairs relay and listener points over UDP (wire formats so far).
 //! - [`name_relay`]: seed 004, a TCP relay addressed by registered names.
 //! - [`port_relay`]: seed 001, a public port per client over yamux, a pool or events.
+//! - [`stun`]: a STUN Binding responder (RFC 8489), for the points of seed 000.
 //! - [`ws_relay`]: seed 003, WebSocket rooms (relayId/peerId) with targeted messages.
 
 #![forbid(unsafe_code)]
@@ -40,6 +41,7 @@ pub mod io;
 pub mod mount_relay;
 pub mod name_relay;
 pub mod port_relay;
+pub mod stun;
 pub mod timer;
 pub mod ws_relay;
 

@@ -37,6 +37,8 @@ enum Command {
     PortRelay(cli::port_relay::PortRelayArgs),
     /// Run the mount relay's tracker (seed 000): points of a mount find each other.
     MountTracker(daemon::MountTrackerArgs),
+    /// Run a STUN Binding responder: UDP clients learn their public address.
+    Stun(daemon::StunArgs),
     /// Talk to a name relay: interactively, or send once and/or receive N messages.
     NameClient(name_client::Args),
     /// Run every server from a TOML config (each on loopback at its default port without one).
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
             .into_spec()
             .and_then(|spec| daemon::supervise(vec![spec])),
         Command::MountTracker(args) => daemon::supervise(vec![args.into_spec()]),
+        Command::Stun(args) => daemon::supervise(vec![args.into_spec()]),
         Command::NameClient(args) => name_client::run(args),
         Command::Up(args) => config::up(args),
     };

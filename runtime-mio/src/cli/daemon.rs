@@ -200,6 +200,11 @@ pub enum ServerSpec {
         /// The tracker's tunables.
         config: ferry_core::mount_relay::tracker::Config,
     },
+    /// A STUN Binding responder (for the points of seed 000).
+    Stun {
+        /// The UDP address to answer on.
+        listen: SocketAddr,
+    },
     /// Seed 001, a forwarder exposing a local server through a port relay.
     PortForward {
         /// Relay, local server, protocol.
@@ -215,6 +220,7 @@ impl ServerSpec {
             ServerSpec::PortRelay { .. } => "port-relay",
             ServerSpec::PortForward { .. } => "port-forward",
             ServerSpec::MountTracker { .. } => "mount-tracker",
+            ServerSpec::Stun { .. } => "stun",
         }
     }
 
@@ -287,6 +293,29 @@ impl ServerSpec {
                     tracker::Tracker::new(config),
                     [tracker::Command::Listen(listen), tracker::Command::Shutdown],
                     move |event| mount_tracker_event(event, &notices),
+                )
+            }
+            ServerSpec::Stun { listen } => {
+                use ferry_core::stun::responder;
+                run_machine(
+                    name,
+                    responder::Responder::new(),
+                    [
+                        responder::Command::Listen(listen),
+                        responder::Command::Shutdown,
+                    ],
+                    move |event| match event {
+                        responder::Event::Listening { local, .. } => {
+                            tracing::info!(%local, "stun responder listening");
+                            announce("stun", local);
+                        }
+                        responder::Event::ListenFailed { error, .. } => {
+                            let _ = notices.send(Notice::Failed {
+                                server: "stun",
+                                error,
+                            });
+                        }
+                    },
                 )
             }
             ServerSpec::PortForward { config } => {
@@ -482,6 +511,28 @@ impl MountTrackerArgs {
                 ttl: self.ttl,
                 ..Default::default()
             },
+        }
+    }
+}
+
+/// `ferry stun`.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:
+  ferry stun --listen 0.0.0.0:3478
+
+Answers STUN Binding requests (RFC 8489) with the requester's address. Prints
+`stun listening on <ADDR>` on stdout once bound.")]
+pub struct StunArgs {
+    /// The UDP address to answer on.
+    #[arg(long, default_value = "127.0.0.1:3478", value_name = "ADDR")]
+    listen: SocketAddr,
+}
+
+impl StunArgs {
+    /// The server these flags describe.
+    pub fn into_spec(self) -> ServerSpec {
+        ServerSpec::Stun {
+            listen: self.listen,
         }
     }
 }
