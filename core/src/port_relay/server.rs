@@ -597,15 +597,12 @@ impl Server {
         let Some(client) = self.clients.get_mut(&key) else {
             return;
         };
-        let Kind::Opening { conn, early } = std::mem::replace(
-            &mut client.kind,
-            Kind::Opening {
-                conn: ConnId(0),
-                early: Vec::new(),
-            },
-        ) else {
+        // Only a client still waiting for its port: a repeated `Listening`
+        // must not replace a live session or pool.
+        let Kind::Opening { conn, early } = &mut client.kind else {
             return;
         };
+        let (conn, early) = (*conn, std::mem::take(early));
         client.public = Some(local);
         let port = local.port();
         let protocol = client.protocol;

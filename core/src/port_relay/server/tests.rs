@@ -170,6 +170,23 @@ fn pr2_public_listeners_bind_the_configured_ip_or_the_control_ip() {
 }
 
 #[test]
+fn pr2_a_repeated_listening_leaves_an_open_client_alone() {
+    let mut h = relay();
+    let (public, _) = open_client(&mut h, 1, b"event\nnew\n");
+    let again = h.input(Input::Listening {
+        listener: public,
+        local: "127.0.0.1:40001".parse().unwrap(),
+    });
+    assert!(again.is_empty(), "{again:?}");
+    let actions = user(&mut h, public, 100);
+    assert_eq!(
+        sent_to(&actions, ConnId(1)).len(),
+        33,
+        "still announcing users"
+    );
+}
+
+#[test]
 fn pr2_a_port_range_is_tried_in_order_then_refused() {
     let mut h = relay_with(Config {
         port_range: Some((5000, 5001)),
