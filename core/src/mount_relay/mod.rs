@@ -7,5 +7,6 @@
 //! the [`tracker`] machine. The points and the STUN transaction that shares the
 //! punched socket come next (issue 5).
 
+pub mod point;
 pub mod tracker;
 pub mod wire;
