@@ -67,7 +67,25 @@
 //! follow a [`UdpLink`] (one for every path, or per pair of hosts), so datagrams
 //! reorder whenever the delay spread allows. A datagram to an address nobody bound
 //! is lost. `WriteTun` packets queue per machine ([`Sim::tun_take`]);
-//! [`Sim::tun_inject`] feeds `TunPacket`. NAT models are not there yet.
+//! [`Sim::tun_inject`] feeds `TunPacket`.
+//!
+//! [`Sim::set_nat`] puts a host (a machine's or a test endpoint's IP) behind a
+//! [`Nat`] of one of the RFC 4787 kinds ([`NatKind`]), in a private realm of its
+//! own. A UDP datagram it sends to another address is translated when sent: it
+//! travels with the mapping's public source (`FullCone`, `AddressRestricted` and
+//! `PortRestricted` map each private ip:port to one public port for every
+//! destination, preserving the port when it is free; `Symmetric` maps each
+//! (private, remote) pair to a fresh port). A datagram reaching the public address
+//! is filtered when it arrives (anyone; remote IPs the mapping sent to; exact
+//! remote ip:ports it sent to) and delivered to the private address, or dropped
+//! and recorded (`nat ...: filtered`). The private address is unreachable from
+//! other hosts; a host talking to itself is not translated. A mapping lives
+//! [`Nat::mapping_timeout`] after its last outbound datagram, checked lazily
+//! against the virtual clock. Public ports come from a counter, not the RNG.
+//! Delay, loss and duplication follow the [`UdpLink`] between the real hosts
+//! ([`Sim::set_udp_path`] with the private address, not the public one). Only UDP
+//! is translated: a NATed machine's TCP connections reach their destination from
+//! its private address, and its listeners stay reachable.
 //!
 //! # Addresses
 //!
@@ -84,12 +102,14 @@
 //! # Layout
 //!
 //! This file: settings, ids, machines, running and the trace. `clients`: the test's
-//! TCP endpoints; `udp`: datagrams; `engine`: carrying out actions and moving
-//! bytes; `tcp`: the link and pipe model; `check`: seeded properties.
+//! TCP endpoints; `udp`: datagrams; `nat`: the NAT model; `engine`: carrying out
+//! actions and moving bytes; `tcp`: the link and pipe model; `check`: seeded
+//! properties.
 
 pub mod check;
 mod clients;
 mod engine;
+mod nat;
 mod node;
 mod rng;
 mod tcp;
@@ -97,11 +117,14 @@ mod trace;
 mod udp;
 
 #[cfg(test)]
+mod nat_tests;
+#[cfg(test)]
 mod parity_tests;
 #[cfg(test)]
 mod tests;
 
 pub use check::{Case, Property, Scenario, check, check_case, run_case};
+pub use nat::{Nat, NatKind};
 pub use node::NodeId;
 pub use rng::SimRng;
 pub use udp::UdpLink;
@@ -112,6 +135,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::io::{ConnId, ListenerId, MAX_READ_AHEAD, Machine, SocketId};
 
+use nat::Nats;
 use node::{Driven, Hosted};
 use tcp::Link;
 use trace::Trace;
@@ -250,6 +274,8 @@ pub struct Sim {
     tcp_bound: BTreeMap<SocketAddr, TcpOwner>,
     udp_bound: BTreeMap<SocketAddr, UdpOwner>,
     udp_paths: BTreeMap<(IpAddr, IpAddr), UdpLink>,
+    /// The NATs in front of hosts, by host (see `nat`).
+    nats: Nats,
     in_flight: BTreeMap<(Duration, u64), InFlight>,
     seq: u64,
     /// Closed connections still writing: (until, seq) -> (link, end).
@@ -283,6 +309,7 @@ impl Sim {
             tcp_bound: BTreeMap::new(),
             udp_bound: BTreeMap::new(),
             udp_paths: BTreeMap::new(),
+            nats: Nats::default(),
             in_flight: BTreeMap::new(),
             seq: 0,
             lingers: BTreeMap::new(),

@@ -67,6 +67,10 @@ impl Sim {
     /// Bind a test UDP socket at `addr` (`0.0.0.0`: a new host; port 0: ephemeral).
     pub fn udp_bind(&mut self, addr: SocketAddr) -> UdpEndpoint {
         let local = self.test_bind_addr(addr);
+        assert!(
+            !self.nats.is_public(local.ip()),
+            "udp_bind: {local} is a NAT's public address"
+        );
         let id = self.endpoints.len();
         if self
             .udp_bound
@@ -123,9 +127,16 @@ impl Sim {
     }
 
     pub(super) fn transmit(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        // The path is the one between the real hosts (a NAT's public address
+        // stands for the host behind it); a NATed source is translated now, so the
+        // datagram travels with its public source (see `nat`).
+        let hosts = (from.ip(), self.nats.real_host(to.ip()));
+        let Some(from) = self.nat_outbound(from, to, &data) else {
+            return;
+        };
         let link = self
             .udp_paths
-            .get(&(from.ip(), to.ip()))
+            .get(&hosts)
             .copied()
             .unwrap_or(self.config.udp);
         if self.rng.chance(link.loss) {
@@ -160,6 +171,10 @@ impl Sim {
             return;
         };
         let InFlight { from, to, data } = datagram;
+        // A NAT filters at arrival and hands what it admits to the private address.
+        let Some(to) = self.nat_inbound(from, to, &data) else {
+            return;
+        };
         match self.udp_bound.get(&to).copied() {
             Some(UdpOwner::Node { node, socket }) => self.deliver(
                 node,
