@@ -4,6 +4,9 @@
 //!   against the mio daemon, the async-std runtime and third-party clients.
 //! - `sim`: the deterministic simulator that executes the IO vocabulary over
 //!   virtual hosts with a virtual clock (seeded; a failing seed replays exactly).
+//! - [`netns`]: a Linux network-namespace lab with two sites behind nftables NAT
+//!   routers (endpoint-independent or symmetric) and a public segment, plus a
+//!   coturn STUN-only launcher (root only; skipped elsewhere).
 //!
 //! This crate is test infrastructure: a failed expectation is a panic with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test infrastructure: failing loudly is the point
@@ -11,6 +14,7 @@
 pub mod bench;
 pub mod clients;
 pub mod daemon;
+pub mod netns;
 pub mod puppet;
 pub mod scenarios;
 pub mod served;
