@@ -277,6 +277,11 @@ const MAX_ANSWER: usize = 64 << 10;
 /// A partial piece waits this long for more source before it is sent.
 const FLUSH_DELAY: Duration = Duration::from_millis(5);
 
+/// The most stream bytes a rate-limited relay sends back to back: 64 pieces,
+/// well inside a receiver's default socket buffer (Linux's 208 KiB holds about
+/// 160 such datagrams), whatever the rate.
+const MAX_BURST: u64 = 64 * MAX_DATA as u64;
+
 /// A relay or listener point.
 #[derive(Debug)]
 pub struct Point {
@@ -512,7 +517,8 @@ impl Point {
         if self.endpoint_independent == Some(false) {
             reason.push_str(&format!(
                 "; this host's NAT maps each destination to a different public port \
-                 (symmetric: {}), so UDP hole punching cannot work through it",
+                 (symmetric: {}), so UDP hole punching cannot work through it unless the \
+                 relay's NAT filters by IP address only (full-cone or address-restricted)",
                 self.seen_list()
             ));
         }
@@ -988,7 +994,7 @@ impl Point {
         let Some(rate) = self.config.rate else {
             return;
         };
-        let burst = (rate / 50).max(2 * MAX_DATA as u64);
+        let burst = (rate / 50).clamp(2 * MAX_DATA as u64, MAX_BURST);
         let Some(last) = self.refilled else {
             self.refilled = Some(now);
             self.tokens = burst;
