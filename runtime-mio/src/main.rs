@@ -19,7 +19,7 @@ use cli::{config, daemon, name_client};
     name = "ferry",
     version,
     about = "Relay protocols served from one sans-IO core",
-    after_help = "Example:\n  ferry up --config runtime-mio/ferry.example.toml\n  ferry name-relay --listen 127.0.0.1:8080\n  ferry port-relay 7000\n  ferry port-relay --local-forward-port=6379 relay.example.net 7000"
+    after_help = "Example:\n  ferry up --config runtime-mio/ferry.example.toml\n  ferry name-relay --listen 127.0.0.1:8080\n  ferry port-relay 7000\n  ferry port-relay --local-forward-port=6379 relay.example.net 7000\n  ferry mount listen --tracker tracker.example.net:7100 --mount radio --stun stun.example.net:3478 --out radio.ogg"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,8 +37,11 @@ enum Command {
     PortRelay(cli::port_relay::PortRelayArgs),
     /// Run the mount relay's tracker (seed 000): points of a mount find each other.
     MountTracker(daemon::MountTrackerArgs),
-    /// Run a STUN Binding responder: UDP clients learn their public address.
+    /// Run a STUN Binding responder (UDP clients learn their public address), or
+    /// probe STUN servers for this host's public address (`--probe SERVER`).
     Stun(daemon::StunArgs),
+    /// Run a mount relay point (`ferry mount relay`) or listener point (`ferry mount listen`).
+    Mount(cli::mount::MountArgs),
     /// Talk to a name relay: interactively, or send once and/or receive N messages.
     NameClient(name_client::Args),
     /// Run every server from a TOML config (each on loopback at its default port without one).
@@ -64,7 +67,11 @@ fn main() -> ExitCode {
             .into_spec()
             .and_then(|spec| daemon::supervise(vec![spec])),
         Command::MountTracker(args) => daemon::supervise(vec![args.into_spec()]),
-        Command::Stun(args) => daemon::supervise(vec![args.into_spec()]),
+        Command::Stun(args) => match args.probe() {
+            Some((servers, bind)) => return cli::mount::probe_main(servers, bind),
+            None => daemon::supervise(vec![args.into_spec()]),
+        },
+        Command::Mount(args) => return cli::mount::main(args),
         Command::NameClient(args) => name_client::run(args),
         Command::Up(args) => config::up(args),
     };

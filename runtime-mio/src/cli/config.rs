@@ -4,6 +4,7 @@
 //! `listen` belong to the runtime, and so do `[ws_relay]`'s `tls_cert` and
 //! `tls_key` (PEM paths, both or neither: serve `wss://`); every other key is the protocol machine's own
 //! `Config` (durations in seconds), parsed by that type so unknown keys are errors.
+//! `[stun]`, the STUN responder the mount relay's points ask, has no other key.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +26,8 @@ const WS_RELAY_LISTEN: &str = "127.0.0.1:42102";
 const PORT_RELAY_LISTEN: &str = "127.0.0.1:7000";
 /// The mount tracker's port when the config does not say (the seed has none).
 const MOUNT_TRACKER_LISTEN: &str = "127.0.0.1:7100";
+/// The STUN responder's UDP port when the config does not say (RFC 8489's).
+const STUN_LISTEN: &str = "127.0.0.1:3478";
 
 /// `[port_forward]`: a forwarder needs a relay, so it runs only when configured.
 #[derive(Debug, serde::Deserialize)]
@@ -135,6 +138,14 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<ServerSpec>> {
             config,
         });
     }
+    if let Some(section) = Section::take(&mut root, "stun", STUN_LISTEN)? {
+        if let Some(unknown) = section.rest.keys().next() {
+            bail!("[stun]: unknown key {unknown:?}; known: enabled, listen");
+        }
+        specs.push(ServerSpec::Stun {
+            listen: section.listen,
+        });
+    }
     if let Some(section) = root.remove("port_forward") {
         let section: PortForwardSection = section
             .try_into()
@@ -145,7 +156,7 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<ServerSpec>> {
     }
     if let Some(unknown) = root.keys().next() {
         bail!(
-            "unknown section [{unknown}]; known: [name_relay], [ws_relay], [port_relay], [mount_tracker], [port_forward]"
+            "unknown section [{unknown}]; known: [name_relay], [ws_relay], [port_relay], [mount_tracker], [stun], [port_forward]"
         );
     }
     Ok(specs)
@@ -254,6 +265,9 @@ mod tests {
                     listen: MOUNT_TRACKER_LISTEN.parse().expect("addr"),
                     config: Default::default(),
                 },
+                ServerSpec::Stun {
+                    listen: STUN_LISTEN.parse().expect("addr"),
+                },
             ]
         );
     }
@@ -275,10 +289,10 @@ mod tests {
 
     #[test]
     fn disabled_section_starts_nothing() {
-        let all_off = "[name_relay]\nenabled = false\n[ws_relay]\nenabled = false\n[port_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n";
+        let all_off = "[name_relay]\nenabled = false\n[ws_relay]\nenabled = false\n[port_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n[stun]\nenabled = false\n";
         assert!(parse(all_off).expect("parses").is_empty());
         let specs = parse(
-            "[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n",
+            "[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n[stun]\nenabled = false\n",
         )
             .expect("parses");
         assert!(matches!(specs.as_slice(), [ServerSpec::WsRelay { .. }]));
@@ -287,7 +301,7 @@ mod tests {
     #[test]
     fn ws_relay_section_reads_its_config() {
         let specs = parse(
-            "[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n[ws_relay]\nlisten = \"127.0.0.1:9100\"\nping_interval = 5\nallowed_origins = [\"http://a\"]\n",
+            "[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n[stun]\nenabled = false\n[ws_relay]\nlisten = \"127.0.0.1:9100\"\nping_interval = 5\nallowed_origins = [\"http://a\"]\n",
         )
         .expect("parses");
         let [
@@ -312,7 +326,7 @@ mod tests {
     #[test]
     fn ws_relay_tls_keys_belong_to_the_runtime() {
         let specs = parse(
-            "[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n[ws_relay]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nping_interval = 5\n",
+            "[name_relay]\nenabled = false\n[port_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n[stun]\nenabled = false\n[ws_relay]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nping_interval = 5\n",
         )
         .expect("parses");
         let [ServerSpec::WsRelay { tls, .. }] = specs.as_slice() else {
@@ -338,13 +352,29 @@ mod tests {
     #[test]
     fn the_example_config_parses() {
         let text = include_str!("../../ferry.example.toml");
-        assert_eq!(parse(text).expect("parses").len(), 4);
+        assert_eq!(parse(text).expect("parses").len(), 5);
+    }
+
+    #[test]
+    fn stun_section_sets_listen_and_rejects_other_keys() {
+        let specs = parse(
+            "[name_relay]\nenabled = false\n[ws_relay]\nenabled = false\n[port_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n[stun]\nlisten = \"127.0.0.1:3479\"\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            specs,
+            vec![ServerSpec::Stun {
+                listen: "127.0.0.1:3479".parse().expect("addr"),
+            }]
+        );
+        assert!(parse("[stun]\nlisten = \"127.0.0.1:3479\"\nttl = 3\n").is_err());
+        assert!(parse("[stun]\nenabled = 1\n").is_err());
     }
 
     #[test]
     fn pr14_port_relay_and_forwarder_sections() {
         let specs = parse(
-            "[name_relay]\nenabled = false\n[ws_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n[port_relay]\nlisten = \"127.0.0.1:7100\"\npool_wait = 3\nport_range = [5000, 5010]\npublic_ip = \"127.0.0.1\"\n[port_forward]\nrelay = \"127.0.0.1:7100\"\nlocal_port = 6379\nprotocol = \"pool\"\npool_size = 4\n",
+            "[name_relay]\nenabled = false\n[ws_relay]\nenabled = false\n[mount_tracker]\nenabled = false\n[stun]\nenabled = false\n[port_relay]\nlisten = \"127.0.0.1:7100\"\npool_wait = 3\nport_range = [5000, 5010]\npublic_ip = \"127.0.0.1\"\n[port_forward]\nrelay = \"127.0.0.1:7100\"\nlocal_port = 6379\nprotocol = \"pool\"\npool_size = 4\n",
         )
         .expect("parses");
         let [

@@ -517,18 +517,42 @@ impl MountTrackerArgs {
 
 /// `ferry stun`.
 #[derive(Debug, Args)]
-#[command(after_help = "Example:
-  ferry stun --listen 0.0.0.0:3478
+#[command(after_help = "Examples:
+  ferry stun --listen 0.0.0.0:3478                      # the responder
+  ferry stun --probe stun.example.net:3478              # the client: this host's public address
+  ferry stun --probe 127.0.0.1:3478 --probe 127.0.0.1:3479
 
-Answers STUN Binding requests (RFC 8489) with the requester's address. Prints
-`stun listening on <ADDR>` on stdout once bound.")]
+The responder answers STUN Binding requests (RFC 8489) with the requester's
+address and prints `stun listening on <ADDR>` on stdout once bound.
+With --probe it is a client instead: it asks each server from one UDP socket and
+prints `mapped <SERVER> -> <ADDR>` per answer, then, when two servers answered,
+`nat: endpoint-independent` or `nat: symmetric (per-destination mapping)`. It
+exits 1 if a server did not answer (RFC 8489 retransmissions: 39.5 s).")]
 pub struct StunArgs {
     /// The UDP address to answer on.
-    #[arg(long, default_value = "127.0.0.1:3478", value_name = "ADDR")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:3478",
+        value_name = "ADDR",
+        conflicts_with = "probe"
+    )]
     listen: SocketAddr,
+    /// Be a client: ask this STUN server (HOST:PORT) for this host's public
+    /// address; give it twice to learn whether the NAT maps per destination.
+    #[arg(long, value_name = "SERVER")]
+    probe: Vec<String>,
+    /// With --probe: the local UDP address [default: any, of the first server's family].
+    #[arg(long, value_name = "ADDR", requires = "probe")]
+    bind: Option<String>,
 }
 
 impl StunArgs {
+    /// With `--probe`: the servers to ask and the local address, for
+    /// [`super::mount::probe_main`]; `None` for the responder.
+    pub fn probe(&self) -> Option<(&[String], Option<&str>)> {
+        (!self.probe.is_empty()).then_some((self.probe.as_slice(), self.bind.as_deref()))
+    }
+
     /// The server these flags describe.
     pub fn into_spec(self) -> ServerSpec {
         ServerSpec::Stun {

@@ -2,5 +2,6 @@
 
 pub mod config;
 pub mod daemon;
+pub mod mount;
 pub mod name_client;
 pub mod port_relay;
