@@ -297,7 +297,7 @@ fn mr11_a_listener_with_no_relay_gives_up_with_the_reason() {
     assert_eq!(status.code(), Some(1), "{err}");
     let line = err
         .lines()
-        .find(|l| l.starts_with("ferry mount listen: gave up after 1 searches: "))
+        .find(|l| l.starts_with("ferry mount listen: gave up after 1 search: "))
         .unwrap_or_else(|| panic!("no give-up line:\n{err}"));
     assert!(
         line.contains("no relay registered on mount \"silence\""),

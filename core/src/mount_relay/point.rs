@@ -277,10 +277,12 @@ const MAX_ANSWER: usize = 64 << 10;
 /// A partial piece waits this long for more source before it is sent.
 const FLUSH_DELAY: Duration = Duration::from_millis(5);
 
-/// The most stream bytes a rate-limited relay sends back to back: 64 pieces,
-/// well inside a receiver's default socket buffer (Linux's 208 KiB holds about
-/// 160 such datagrams), whatever the rate.
-const MAX_BURST: u64 = 64 * MAX_DATA as u64;
+/// The most stream bytes a rate-limited relay sends back to back. The bucket
+/// holds 2 ms of the rate (runtimes wake about once a millisecond, so a smaller
+/// one would cap the rate), at least 2 and at most 128 pieces: a receiver's
+/// default socket buffer on Linux (208 KiB, charged about 1.3 KiB per small
+/// datagram) overflowed after about 166 back-to-back datagrams in our tests.
+const MAX_BURST: u64 = 128 * MAX_DATA as u64;
 
 /// A relay or listener point.
 #[derive(Debug)]
@@ -308,7 +310,9 @@ pub struct Point {
     last_tracker_error: Option<String>,
     last_stun_error: Option<String>,
     // Relay streaming.
-    source: VecDeque<u8>,
+    /// Source bytes; `source[source_pos..]` are still to be sent.
+    source: Vec<u8>,
+    source_pos: usize,
     source_ended: bool,
     source_done: bool,
     asked: bool,
@@ -319,7 +323,6 @@ pub struct Point {
     stats: Stats,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
-    scratch: Vec<u8>,
 }
 
 impl Point {
@@ -353,7 +356,8 @@ impl Point {
             hints: Vec::new(),
             last_tracker_error: None,
             last_stun_error: None,
-            source: VecDeque::new(),
+            source: Vec::new(),
+            source_pos: 0,
             source_ended: false,
             source_done: false,
             asked: false,
@@ -364,7 +368,6 @@ impl Point {
             stats: Stats::default(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
-            scratch: Vec::with_capacity(wire::MAX_DATAGRAM),
         }
     }
 
@@ -994,7 +997,7 @@ impl Point {
         let Some(rate) = self.config.rate else {
             return;
         };
-        let burst = (rate / 50).clamp(2 * MAX_DATA as u64, MAX_BURST);
+        let burst = (rate / 500).clamp(2 * MAX_DATA as u64, MAX_BURST);
         let Some(last) = self.refilled else {
             self.refilled = Some(now);
             self.tokens = burst;
@@ -1027,7 +1030,7 @@ impl Point {
         }
         self.refill(now);
         loop {
-            let available = self.source.len();
+            let available = self.pending_source();
             if available == 0 {
                 self.partial_since = None;
                 break;
@@ -1044,18 +1047,21 @@ impl Point {
             }
             self.tokens = self.tokens.saturating_sub(size as u64);
             self.partial_since = None;
-            let piece: Vec<u8> = self.source.drain(..size).collect();
-            self.scratch.clear();
-            wire::encode_data(&piece, &mut self.scratch);
-            for &to in &listeners {
-                let data = self.scratch.clone();
-                self.send_to(to, data);
-                self.stats.datagrams_sent += 1;
+            let piece = &self.source[self.source_pos..self.source_pos + size];
+            self.source_pos += size;
+            let mut datagram = Vec::with_capacity(wire::HEADER_LEN + size);
+            wire::encode_data(piece, &mut datagram);
+            if let Some((&last, rest)) = listeners.split_last() {
+                for &to in rest {
+                    self.send_to(to, datagram.clone());
+                }
+                self.send_to(last, datagram);
             }
+            self.stats.datagrams_sent += listeners.len() as u64;
             self.stats.source_bytes_sent += size as u64;
         }
         self.ask_for_data();
-        if self.source_ended && self.source.is_empty() && !self.source_done {
+        if self.source_ended && self.pending_source() == 0 && !self.source_done {
             self.source_done = true;
             self.events.push_back(Event::SourceDone {
                 bytes: self.stats.source_bytes_sent,
@@ -1063,11 +1069,16 @@ impl Point {
         }
     }
 
+    /// Source bytes not sent yet.
+    fn pending_source(&self) -> usize {
+        self.source.len() - self.source_pos
+    }
+
     fn ask_for_data(&mut self) {
         if self.streaming
             && !self.source_ended
             && !self.asked
-            && self.source.len() < self.config.source_buffer / 2
+            && self.pending_source() < self.config.source_buffer / 2
         {
             self.asked = true;
             self.events.push_back(Event::NeedData);
@@ -1076,10 +1087,10 @@ impl Point {
 
     /// When the pump can send next, if it is waiting for tokens or a flush.
     fn pump_deadline(&self) -> Option<Instant> {
-        if !self.streaming || self.source.is_empty() || self.connected_count() == 0 {
+        if !self.streaming || self.pending_source() == 0 || self.connected_count() == 0 {
             return None;
         }
-        let size = self.source.len().min(MAX_DATA);
+        let size = self.pending_source().min(MAX_DATA);
         if size < MAX_DATA
             && !self.source_ended
             && let Some(since) = self.partial_since
@@ -1171,7 +1182,10 @@ impl Machine for Point {
             Command::Feed(data) => {
                 if self.config.role == Role::Relay && !self.source_ended && !self.stopped {
                     self.asked = false;
-                    self.source.extend(data);
+                    // Drop what was sent before growing (one move per feed).
+                    self.source.drain(..self.source_pos);
+                    self.source_pos = 0;
+                    self.source.extend_from_slice(&data);
                     self.pump(now);
                 }
             }
@@ -1232,7 +1246,7 @@ impl Point {
     fn streaming_end_check(&mut self, now: Instant) {
         if self.streaming {
             self.pump(now);
-        } else if self.source.is_empty() && !self.source_done {
+        } else if self.pending_source() == 0 && !self.source_done {
             self.source_done = true;
             self.events.push_back(Event::SourceDone {
                 bytes: self.stats.source_bytes_sent,

@@ -116,6 +116,9 @@ pub(super) struct Udp {
     pub(super) socket: UdpSocket,
     pub(super) token: Token,
     pub(super) queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Registered for writability: only while datagrams wait for buffer space,
+    /// so an idle or keeping-up socket is not woken by every freed buffer.
+    pub(super) want_write: bool,
 }
 
 pub(super) struct Lingering {
@@ -968,10 +971,10 @@ impl Sockets {
             }
         };
         let token = self.token(Entry::Udp(socket));
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(&mut udp, token, Interest::READABLE | Interest::WRITABLE)
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut udp, token, Interest::READABLE)
         {
             self.tokens.remove(&token);
             self.pending.push_back(OwnedInput::UdpBindFailed {
@@ -986,6 +989,7 @@ impl Sockets {
                 socket: udp,
                 token,
                 queue: VecDeque::new(),
+                want_write: false,
             },
         );
         self.pending
@@ -1013,11 +1017,36 @@ impl Sockets {
         while let Some((to, data)) = udp.queue.front() {
             match udp.socket.send_to(data, *to) {
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !udp.want_write {
+                        udp.want_write = true;
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        let token = udp.token;
+                        if let Err(e) =
+                            self.poll
+                                .registry()
+                                .reregister(&mut udp.socket, token, interest)
+                        {
+                            tracing::debug!(%id, "cannot wait for UDP writability: {e}");
+                        }
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => tracing::debug!(%id, %to, "send_to failed, datagram dropped: {e}"),
             }
             udp.queue.pop_front();
+        }
+        if udp.want_write {
+            udp.want_write = false;
+            let token = udp.token;
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .reregister(&mut udp.socket, token, Interest::READABLE)
+            {
+                tracing::debug!(%id, "cannot stop waiting for UDP writability: {e}");
+            }
         }
     }
 }

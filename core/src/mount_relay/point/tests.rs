@@ -693,3 +693,38 @@ fn stun_servers_answering_late_or_twice_change_nothing() {
     assert_eq!(rig.h.machine.public_addr(), Some(addr(PUBLIC)));
     assert!(!rig.events().iter().any(|e| matches!(e, Event::Mapped(_))));
 }
+
+#[test]
+fn mr15_a_high_rate_holds_when_the_runtime_wakes_only_every_millisecond() {
+    let peer = "192.0.2.1:1000";
+    let mut cfg = config(Role::Relay);
+    cfg.rate = Some(50_000_000);
+    let mut rig = Rig::registered(cfg, &[peer]);
+    rig.handshake(peer);
+    let mut sent_bytes = 0;
+    let feed = |rig: &mut Rig| {
+        if rig.events().contains(&Event::NeedData) {
+            rig.h.command(Command::Feed(vec![7; 128 * MAX_DATA]))
+        } else {
+            Vec::new()
+        }
+    };
+    sent_bytes += stream(&feed(&mut rig), peer).concat().len();
+    let start = rig.h.now;
+    let end = start + Duration::from_millis(200);
+    while rig.h.now < end {
+        // A runtime whose timer has a 1 ms granularity, plus scheduling slack.
+        // The runtime hands NeedData over at once; the reader answers it.
+        sent_bytes += stream(&feed(&mut rig), peer).concat().len();
+        let at = rig.h.machine.poll_timeout().expect("pacing deadline");
+        rig.h.now = at.max(rig.h.now + Duration::from_micros(1100));
+        rig.h.machine.handle_timeout(rig.h.now);
+        let actions = rig.h.drain();
+        sent_bytes += stream(&actions, peer).concat().len();
+    }
+    let rate = sent_bytes as f64 / (rig.h.now - start).as_secs_f64();
+    assert!(
+        (47_000_000.0..=52_000_000.0).contains(&rate),
+        "{rate:.0} B/s at 50 MB/s"
+    );
+}
