@@ -127,7 +127,8 @@ pub struct Config {
     pub source_buffer: usize,
     /// Relay: the `Latency` reported; `None` for the STUN round trip in ms.
     pub latency: Option<u32>,
-    /// Listener: the most candidates tried at once (64).
+    /// The most unanswered candidates greeted at once (64); a relay's
+    /// connected listeners are capped by `max_listeners` instead.
     pub max_candidates: usize,
 }
 
@@ -160,7 +161,10 @@ impl Config {
 pub enum Command {
     /// Bind the socket and start searching.
     Start,
-    /// Relay: more source bytes (send after [`Event::NeedData`]).
+    /// Relay: more source bytes. Send them in answer to [`Event::NeedData`]:
+    /// the point holds whatever it is fed (it does not cap a feed the
+    /// embedder was not asked for), and asks only while it holds less than
+    /// half of `source_buffer`.
     Feed(Vec<u8>),
     /// Relay: the source has ended; send what is buffered, ask for no more.
     EndOfSource,
@@ -253,6 +257,8 @@ struct Peer {
     state: PeerState,
     added: Instant,
     last_heard: Option<Instant>,
+    /// The address the tracker listed (differs after an adoption, MR-11).
+    listed: SocketAddr,
 }
 
 #[derive(Debug)]
@@ -273,6 +279,9 @@ struct TrackerCall {
 /// The longest tracker answer read (a full `Address` list of 64 IPv6
 /// candidates is about 3 KiB).
 const MAX_ANSWER: usize = 64 << 10;
+
+/// The most candidates a point holds back after they failed to answer.
+const MAX_SKIPPED: usize = 1024;
 
 /// A partial piece waits this long for more source before it is sent.
 const FLUSH_DELAY: Duration = Duration::from_millis(5);
@@ -305,6 +314,10 @@ pub struct Point {
     candidates: Vec<SocketAddr>,
     peers: BTreeMap<SocketAddr, Peer>,
     search_started: Option<Instant>,
+    /// Candidates left out until the instant given (MR-11).
+    skip: BTreeMap<SocketAddr, Instant>,
+    /// Tracker answers in the current search.
+    search_registrations: u64,
     attempts: u32,
     hints: Vec<String>,
     last_tracker_error: Option<String>,
@@ -352,6 +365,8 @@ impl Point {
             candidates: Vec::new(),
             peers: BTreeMap::new(),
             search_started: None,
+            skip: BTreeMap::new(),
+            search_registrations: 0,
             attempts: 0,
             hints: Vec::new(),
             last_tracker_error: None,
@@ -407,7 +422,8 @@ impl Point {
     fn searching(&self) -> bool {
         match self.config.role {
             Role::Listener => self.connected_count() == 0,
-            Role::Relay => self.connected_count() < self.config.max_listeners,
+            // A relay whose source is over has nothing for a new listener.
+            Role::Relay => !self.source_done && self.connected_count() < self.config.max_listeners,
         }
     }
 
@@ -427,9 +443,7 @@ impl Point {
         self.next_tick = Some(now + self.config.tick);
         let searching = self.searching();
         if searching {
-            if self.stun.is_empty() {
-                self.start_stun(now);
-            }
+            self.start_stun(now);
             if self.public.is_some() && self.tracker.is_none() {
                 self.call_tracker(now);
             }
@@ -471,10 +485,22 @@ impl Point {
             self.send_hello(addr, hello);
         }
         for addr in dropped {
-            self.peers.remove(&addr);
+            if let Some(peer) = self.peers.remove(&addr) {
+                self.backoff(peer.listed, now);
+            }
         }
+        self.skip.retain(|_, until| *until > now);
         for peer in lost {
             self.lose_peer(peer, now);
+        }
+    }
+
+    /// Leave `listed` out of the next candidate lists for a while, so that
+    /// candidates that never answer cannot keep the others from being tried.
+    fn backoff(&mut self, listed: SocketAddr, now: Instant) {
+        if self.skip.len() < MAX_SKIPPED {
+            self.skip
+                .insert(listed, now + 3 * self.config.search_timeout);
         }
     }
 
@@ -489,6 +515,7 @@ impl Point {
         self.candidates.clear();
         self.hints.clear();
         self.search_started = Some(now);
+        self.search_registrations = 0;
     }
 
     /// Why a listener's search found nothing, as precisely as it can tell.
@@ -499,16 +526,20 @@ impl Point {
                 Some(e) => format!("no public address: {e}"),
                 None => format!("no STUN answer within {secs:.1} s"),
             }
-        } else if self.stats.registrations == 0 {
+        } else if self.search_registrations == 0 {
             match &self.last_tracker_error {
                 Some(e) => format!("the tracker did not answer: {e}"),
                 None => format!("no tracker answer within {secs:.1} s"),
             }
         } else if self.peers.is_empty() {
-            format!(
+            let mut reason = format!(
                 "no relay registered on mount {:?} within {secs:.1} s",
                 self.config.mount
-            )
+            );
+            if let Some(e) = &self.last_tracker_error {
+                reason.push_str(&format!(" (the last tracker request failed: {e})"));
+            }
+            reason
         } else {
             let list: Vec<String> = self.peers.keys().map(|a| wire::format_addr(*a)).collect();
             format!(
@@ -562,6 +593,7 @@ impl Point {
             self.peers.clear();
             self.candidates.clear();
             self.search_started = Some(now);
+            self.search_registrations = 0;
             self.public = None;
             self.seen.clear();
         }
@@ -573,7 +605,12 @@ impl Point {
         let Some(local) = self.local else {
             return;
         };
+        // One transaction per server at a time: a dead server does not hold
+        // back the refresh of a live one (MR-9).
         for server in self.config.stun.clone() {
+            if self.stun.iter().any(|tx| tx.server() == server) {
+                continue;
+            }
             let id = self.ids.next_id();
             let (tx, request) = Transaction::start(id, server, local, self.config.stun_client, now);
             self.stun.push(tx);
@@ -613,8 +650,12 @@ impl Point {
             Some(Ok(mapped)) => {
                 self.seen.insert(server, mapped);
                 if self.config.stun.first() == Some(&server) {
-                    let rtt = now.saturating_duration_since(tx.started());
-                    self.rtt_ms = Some(u32::try_from(rtt.as_millis()).unwrap_or(u32::MAX));
+                    // A retransmitted request's answer says nothing exact
+                    // about the round trip (Karn): keep the last estimate.
+                    if !tx.retransmitted() {
+                        let rtt = now.saturating_duration_since(tx.started());
+                        self.rtt_ms = Some(u32::try_from(rtt.as_millis()).unwrap_or(u32::MAX));
+                    }
                     if self.public != Some(mapped) {
                         self.public = Some(mapped);
                         self.events.push_back(Event::Mapped(mapped));
@@ -784,6 +825,7 @@ impl Point {
             self.actions.push_back(Action::Close { conn: call.conn });
         }
         self.stats.registrations += 1;
+        self.search_registrations += 1;
         self.last_tracker_error = None;
         if let Call::Register = call.call {
             let list = head.header_str("Address").unwrap_or("");
@@ -811,15 +853,22 @@ impl Point {
         if !self.searching() {
             return;
         }
-        let room = match self.config.role {
-            Role::Relay => self.config.max_listeners,
-            Role::Listener => self.config.max_candidates,
-        };
+        let family = self.local.map(|l| l.is_ipv6());
         for addr in addrs {
-            if Some(addr) == self.public || self.peers.contains_key(&addr) {
+            if Some(addr) == self.public
+                || self.peers.contains_key(&addr)
+                || self.peers.values().any(|p| p.listed == addr)
+                || self.skip.contains_key(&addr)
+                || family.is_some_and(|v6| v6 != addr.is_ipv6())
+            {
                 continue;
             }
-            if self.peers.len() >= room {
+            let unanswered = self
+                .peers
+                .values()
+                .filter(|p| p.state != PeerState::Connected)
+                .count();
+            if unanswered >= self.config.max_candidates {
                 break;
             }
             if self.config.role == Role::Listener && self.chosen().is_some() {
@@ -831,6 +880,7 @@ impl Point {
                     state: PeerState::Hello,
                     added: now,
                     last_heard: None,
+                    listed: addr,
                 },
             );
             self.send_hello(addr, self.config.role.hello());
@@ -971,6 +1021,13 @@ impl Point {
     }
 
     fn connect(&mut self, peer: SocketAddr, now: Instant) {
+        if self.config.role == Role::Relay && self.connected_count() >= self.config.max_listeners {
+            // Full: this one may come back through the tracker later.
+            if let Some(p) = self.peers.remove(&peer) {
+                self.backoff(p.listed, now);
+            }
+            return;
+        }
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -1091,20 +1148,26 @@ impl Point {
             return None;
         }
         let size = self.pending_source().min(MAX_DATA);
-        if size < MAX_DATA
-            && !self.source_ended
-            && let Some(since) = self.partial_since
-        {
-            return Some(since + FLUSH_DELAY);
+        // A short piece waits for the flush delay, and every piece for its
+        // tokens: the later of the two (never one already served).
+        let flush = (size < MAX_DATA && !self.source_ended)
+            .then_some(self.partial_since)
+            .flatten()
+            .map(|since| since + FLUSH_DELAY);
+        let tokens = match (self.config.rate, self.refilled) {
+            (Some(rate), Some(last)) => {
+                let missing = (size as u64).saturating_sub(self.tokens);
+                // Rounded up, so that at the deadline `refill` has earned them.
+                let wait = (u128::from(missing) * 1_000_000_000).div_ceil(u128::from(rate.max(1)));
+                let wait = Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX));
+                Some(last + wait.max(Duration::from_micros(100)))
+            }
+            _ => None,
+        };
+        match (flush, tokens) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
         }
-        let rate = self.config.rate?;
-        let missing = (size as u64).saturating_sub(self.tokens);
-        let last = self.refilled?;
-        let wait = u128::from(missing) * 1_000_000_000 / u128::from(rate.max(1));
-        Some(
-            last + Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX))
-                .max(Duration::from_micros(100)),
-        )
     }
 
     fn stop(&mut self) {
@@ -1190,7 +1253,7 @@ impl Machine for Point {
                 }
             }
             Command::EndOfSource => {
-                if self.config.role == Role::Relay && !self.source_ended {
+                if self.config.role == Role::Relay && !self.source_ended && !self.stopped {
                     self.source_ended = true;
                     self.streaming_end_check(now);
                 }

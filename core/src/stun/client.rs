@@ -195,6 +195,12 @@ impl Transaction {
         self.deadline
     }
 
+    /// Whether the request was sent more than once (an answer then gives no
+    /// exact round trip).
+    pub fn retransmitted(&self) -> bool {
+        self.sent > 1
+    }
+
     /// When the transaction started (for an RTT estimate).
     pub fn started(&self) -> Instant {
         self.started

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError, channel, sync_channel};
 use std::thread;
 use std::time::Duration;
 
@@ -213,8 +213,15 @@ impl PointArgs {
         if mount.chars().any(char::is_control) {
             bail!("--mount {mount:?} has a control character");
         }
-        let tracker = resolve("tracker", &self.tracker)?[0];
         let (bind, stun) = resolve_udp(self.bind.as_deref(), &self.stun)?;
+        // `localhost` may list ::1 first while the tracker listens on IPv4
+        // only: prefer the family of the point's own socket.
+        let trackers = resolve("tracker", &self.tracker)?;
+        let tracker = trackers
+            .iter()
+            .find(|a| a.is_ipv4() == bind.is_ipv4())
+            .unwrap_or(&trackers[0]);
+        let tracker = *tracker;
         let mut config = Config::new(role, mount, tracker, stun);
         config.bind = bind;
         config.search_timeout = self.search_timeout;
@@ -422,8 +429,15 @@ fn read_source(
 
 // ---- the listener ---------------------------------------------------------------
 
+/// Datagrams' data waiting for the writer thread (about 2 MiB): a slow output
+/// (a paused player on a pipe, a slow disk) must not stop the driver from
+/// reading, answering keep-alives and running its timers.
+const OUTPUT_QUEUE: usize = 4096;
+
 struct Listening {
-    out: Box<dyn Write>,
+    out: SyncSender<Vec<u8>>,
+    /// Data dropped because the output did not keep up.
+    dropped: u64,
     to_stdout: bool,
     written: u64,
     limit: Option<u64>,
@@ -475,13 +489,17 @@ impl Listening {
         }
         let room = self.limit.map_or(u64::MAX, |l| l - self.written);
         let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-        let wrote = self
-            .out
-            .write_all(&data[..take])
-            .and_then(|()| self.out.flush());
-        if let Err(e) = wrote {
-            self.finish(Err(anyhow!("cannot write the output: {e}")), remote);
-            return;
+        match self.out.try_send(data[..take].to_vec()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                if self.dropped == 0 {
+                    tracing::warn!("the output does not keep up with the stream: data dropped");
+                }
+                self.dropped += take as u64;
+                return;
+            }
+            // The writer failed; it said why and stopped the point.
+            Err(TrySendError::Disconnected(_)) => return,
         }
         self.written += take as u64;
         if self.limit == Some(self.written) {
@@ -494,7 +512,7 @@ impl Listening {
 fn listen(args: ListenArgs) -> anyhow::Result<()> {
     let config = args.point.config(Role::Listener)?;
     let to_stdout = args.out == "-";
-    let out: Box<dyn Write> = if to_stdout {
+    let mut out: Box<dyn Write + Send> = if to_stdout {
         Box::new(io::stdout())
     } else {
         Box::new(
@@ -508,8 +526,11 @@ fn listen(args: ListenArgs) -> anyhow::Result<()> {
         stun = ?config.stun,
         "mount listener starting"
     );
+    let (out_tx, out_rx) = sync_channel::<Vec<u8>>(OUTPUT_QUEUE);
+    let (write_failed, write_error) = channel::<String>();
     let mut state = Listening {
-        out,
+        out: out_tx,
+        dropped: 0,
         to_stdout,
         written: 0,
         limit: args.bytes,
@@ -519,6 +540,19 @@ fn listen(args: ListenArgs) -> anyhow::Result<()> {
     };
     let driver = Driver::new(Point::new(config, os_seed()?))?;
     let remote = driver.remote();
+    let writer_remote = driver.remote();
+    let writer = thread::Builder::new()
+        .name("mount-output".to_owned())
+        .spawn(move || {
+            for data in out_rx {
+                if let Err(e) = out.write_all(&data).and_then(|()| out.flush()) {
+                    let _ = write_failed.send(format!("cannot write the output: {e}"));
+                    let _ = writer_remote.send(Command::Stop);
+                    return;
+                }
+            }
+        })
+        .context("cannot start the output thread")?;
     let signals = stop_on_signal(remote.clone())?;
     remote.send(Command::Start)?;
     if args.bytes == Some(0) {
@@ -526,18 +560,32 @@ fn listen(args: ListenArgs) -> anyhow::Result<()> {
     }
     let point = driver.run(|event| state.event(event, &remote));
     signals.close();
+    // Every queued byte is written before the counters are printed.
+    let Listening {
+        out,
+        dropped,
+        written,
+        outcome,
+        bind_failed,
+        ..
+    } = state;
+    drop(out);
+    let _ = writer.join();
     let point = point?;
     let stats = point.stats();
     log_stats(Role::Listener, &stats);
     eprintln!(
-        "ferry mount listen: {} bytes written; {} datagrams received, {} with a bad CRC, \
-         {} ignored",
-        state.written, stats.datagrams_received, stats.bad_crc, stats.ignored
+        "ferry mount listen: {written} bytes written; {} datagrams received, {} with a bad \
+         CRC, {} ignored; {dropped} bytes dropped because the output was slow",
+        stats.datagrams_received, stats.bad_crc, stats.ignored
     );
-    if let Some(error) = state.bind_failed {
+    if let Some(error) = bind_failed {
         bail!("cannot bind {}: {error}", point.config().bind);
     }
-    state.outcome.unwrap_or(Ok(()))
+    if let Ok(error) = write_error.try_recv() {
+        bail!("{error}");
+    }
+    outcome.unwrap_or(Ok(()))
 }
 
 // ---- ferry stun --probe ---------------------------------------------------------

@@ -728,3 +728,181 @@ fn mr15_a_high_rate_holds_when_the_runtime_wakes_only_every_millisecond() {
         "{rate:.0} B/s at 50 MB/s"
     );
 }
+
+// ---- found in review: each of these failed before its fix ------------------------
+
+#[test]
+fn mr15_a_short_piece_waiting_for_tokens_does_not_busy_loop() {
+    let peer = "192.0.2.1:1000";
+    let mut cfg = config(Role::Relay);
+    cfg.rate = Some(10_000);
+    let mut rig = Rig::registered(cfg, &[peer]);
+    rig.handshake(peer);
+    // Two full pieces eat the burst; 92 bytes wait as a short piece.
+    rig.h.command(Command::Feed(vec![0; 2 * MAX_DATA + 92]));
+    let t0 = rig.h.now;
+    let (mut past, mut got) = (0, 0);
+    while let Some(at) = rig.h.machine.poll_timeout() {
+        if rig.h.now > t0 + Duration::from_millis(300) || got >= 92 {
+            break;
+        }
+        if at <= rig.h.now {
+            // A real clock moves on a little between two wakes.
+            past += 1;
+            rig.h.now += Duration::from_micros(1);
+        } else {
+            rig.h.now = at;
+        }
+        rig.h.machine.handle_timeout(rig.h.now);
+        got += stream(&rig.h.drain(), peer).concat().len();
+    }
+    assert_eq!(got, 92, "the short piece goes once its tokens are there");
+    assert!(past < 10, "{past} wakes at a deadline already past");
+}
+
+#[test]
+fn mr15_a_rate_that_does_not_divide_a_second_still_advances() {
+    let peer = "192.0.2.1:1000";
+    let mut cfg = config(Role::Relay);
+    cfg.rate = Some(3_000);
+    let mut rig = Rig::registered(cfg, &[peer]);
+    rig.handshake(peer);
+    rig.h.command(Command::Feed(vec![0; 2 * MAX_DATA + 7]));
+    rig.h.command(Command::EndOfSource);
+    let (mut same, mut got, mut last) = (0, 0, None);
+    for _ in 0..1000 {
+        let Some(at) = rig.h.machine.poll_timeout() else {
+            break;
+        };
+        if Some(at) == last {
+            same += 1;
+        }
+        last = Some(at);
+        rig.h.now = rig.h.now.max(at);
+        rig.h.machine.handle_timeout(rig.h.now);
+        got += stream(&rig.h.drain(), peer).concat().len();
+        if got >= 7 {
+            break;
+        }
+    }
+    assert_eq!(got, 7);
+    assert!(same < 2, "{same} wakes at the same deadline");
+}
+
+#[test]
+fn mr11_unanswering_candidates_cannot_starve_the_others() {
+    let (dead, good) = ("192.0.2.1:1000", "192.0.2.9:9000");
+    let mut cfg = config(Role::Relay);
+    cfg.max_listeners = 1;
+    cfg.max_candidates = 1;
+    let mut rig = Rig::registered(cfg, &[dead, good]);
+    for _ in 0..60 {
+        // The tracker keeps listing the dead one first (older registration).
+        let actions = rig.tick();
+        if tracker_connect(&actions).is_some() {
+            rig.answer_tracker(&actions, &[dead, good]);
+        }
+        rig.datagram(good, b"helloRelay");
+        rig.datagram(good, b"niceToMeetYouRelay");
+        if !rig.h.machine.connected_peers().is_empty() {
+            break;
+        }
+    }
+    assert_eq!(rig.h.machine.connected_peers(), [addr(good)]);
+}
+
+#[test]
+fn mr11_an_adopted_candidate_is_not_greeted_again_at_its_listed_address() {
+    let mut rig = Rig::registered(config(Role::Relay), &["192.0.2.1:1000"]);
+    rig.datagram("192.0.2.1:1777", b"helloRelay");
+    let actions = rig.tick();
+    rig.answer_tracker(&actions, &["192.0.2.1:1000"]);
+    let tick = rig.tick();
+    assert!(hellos(&tick, "192.0.2.1:1000").is_empty());
+    assert_eq!(
+        hellos(&tick, "192.0.2.1:1777"),
+        [Hello::NiceToMeetYouListener]
+    );
+}
+
+#[test]
+fn mr11_a_later_search_names_the_tracker_failure_not_the_mount() {
+    let mut rig = Rig::registered(config(Role::Listener), &[]);
+    let mut last = None;
+    for _ in 0..50 {
+        let actions = rig.tick();
+        if let Some(conn) = tracker_connect(&actions) {
+            rig.h.input(Input::ConnectFailed {
+                conn,
+                error: "connection refused",
+            });
+        }
+        for e in rig.events() {
+            if let Event::SearchGaveUp { reason, .. } = e {
+                last = Some(reason);
+            }
+        }
+    }
+    let reason = last.expect("gave up");
+    assert!(reason.contains("refused"), "{reason}");
+    assert!(!reason.contains("no relay registered"), "{reason}");
+}
+
+#[test]
+fn mr10_a_relay_whose_source_is_over_stops_registering() {
+    let peer = "192.0.2.1:1000";
+    let mut rig = Rig::registered(config(Role::Relay), &[peer]);
+    let done = rig.handshake(peer);
+    // The Connected report: the tracker takes it and closes.
+    let conn = tracker_connect(&done).expect("report");
+    rig.h.input(Input::Closed { conn });
+    rig.h.command(Command::Feed(vec![1; 100]));
+    rig.h.command(Command::EndOfSource);
+    assert!(rig.events().contains(&Event::SourceDone { bytes: 100 }));
+    let mut registrations = 0;
+    for _ in 0..4 {
+        let actions = rig.tick();
+        if let Some(conn) = tracker_connect(&actions) {
+            // Only the pending Connected report may still go out.
+            let sent = rig.h.input(Input::Connected {
+                conn,
+                local: addr("10.0.0.2:1"),
+            });
+            let text = String::from_utf8(crate::testing::sent_to(&sent, conn)).expect("text");
+            if text.contains("Mount:") {
+                registrations += 1;
+            }
+            rig.h.input(Input::Closed { conn });
+        }
+        rig.datagram(peer, b"niceToMeetYouRelay");
+    }
+    assert_eq!(registrations, 0);
+}
+
+#[test]
+fn mr9_a_dead_second_stun_server_does_not_stop_the_first_from_refreshing() {
+    let mut cfg = config(Role::Listener);
+    cfg.stun = vec![addr(STUN), addr(STUN2)];
+    let (mut rig, actions) = Rig::new(cfg);
+    rig.answer_stun(&actions, STUN, PUBLIC);
+    let mut asked = 0;
+    for _ in 0..4 {
+        let actions = rig.h.advance(Duration::from_millis(500));
+        if let Some(request) = stun_request(&actions, STUN)
+            && request.is_binding_request()
+        {
+            asked += 1;
+            rig.answer_stun(&actions, STUN, PUBLIC);
+        }
+    }
+    assert_eq!(asked, 4, "a fresh request to the live server every tick");
+}
+
+#[test]
+fn end_of_source_after_stop_reports_nothing() {
+    let mut rig = Rig::registered(config(Role::Relay), &[]);
+    rig.h.command(Command::Stop);
+    rig.events();
+    rig.h.command(Command::EndOfSource);
+    assert!(rig.events().is_empty());
+}
