@@ -7,7 +7,7 @@
 //! failing assertion leaves nothing running.
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -15,6 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ferry_conformance::daemon::Daemon;
+use ferry_conformance::netns;
 use ferry_core::codec::stun;
 
 /// The longest a listener may take to find the relay and write every byte.
@@ -366,30 +367,9 @@ fn stun_answers(addr: SocketAddr) -> bool {
 fn st13_the_probe_learns_its_address_from_coturn() {
     let dir = TempDir::new("coturn");
     let port = free_port();
-    let in_dir = |name: &str| dir.path(name).to_string_lossy().into_owned();
     let mut command = Command::new("turnserver");
     command
-        .args([
-            "-n",
-            "--stun-only",
-            "--no-cli",
-            "--no-tls",
-            "--no-dtls",
-            "--no-rfc5780",
-            "--listening-ip",
-            "127.0.0.1",
-            "--listening-port",
-            &port.to_string(),
-            "--relay-threads",
-            "1",
-            "--log-file",
-            "stdout",
-            "--simple-log",
-            "--pidfile",
-            &in_dir("turnserver.pid"),
-            "--db",
-            &in_dir("turndb"),
-        ])
+        .args(netns::coturn_stun_args(Ipv4Addr::LOCALHOST, port, &dir.0))
         .current_dir(&dir.0)
         .env_remove("NOTIFY_SOCKET");
     let spawned = command

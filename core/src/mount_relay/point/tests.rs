@@ -104,6 +104,17 @@ impl Rig {
         actions
     }
 
+    /// The reason of the `SearchGaveUp` among the pending events.
+    fn gave_up_reason(&mut self) -> String {
+        self.events()
+            .into_iter()
+            .find_map(|e| match e {
+                Event::SearchGaveUp { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .expect("gave up")
+    }
+
     fn events(&mut self) -> Vec<Event> {
         self.h.events()
     }
@@ -473,14 +484,7 @@ fn mr11_unanswered_candidates_and_a_symmetric_nat_are_named_in_the_reason() {
     );
     rig.answer_tracker(&after_first, &["192.0.2.1:1000"]);
     rig.h.advance(Duration::from_secs(10));
-    let reason = rig
-        .events()
-        .into_iter()
-        .find_map(|e| match e {
-            Event::SearchGaveUp { reason, .. } => Some(reason),
-            _ => None,
-        })
-        .expect("gave up");
+    let reason = rig.gave_up_reason();
     assert!(
         reason.contains("from 1 relay candidate(s) (192.0.2.1:1000)"),
         "{reason}"
@@ -526,14 +530,7 @@ fn mr11_a_stranger_on_a_candidates_ip_hints_at_its_nat() {
     wire::encode_data(b"x", &mut piece);
     assert!(rig.datagram("192.0.2.1:1777", &piece).is_empty());
     rig.h.advance(Duration::from_secs(10));
-    let reason = rig
-        .events()
-        .into_iter()
-        .find_map(|e| match e {
-            Event::SearchGaveUp { reason, .. } => Some(reason),
-            _ => None,
-        })
-        .expect("gave up");
+    let reason = rig.gave_up_reason();
     assert!(
         reason.contains("heard from 192.0.2.1:1777 although the tracker listed 192.0.2.1:1000"),
         "{reason}"
