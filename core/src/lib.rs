@@ -43,6 +43,7 @@ pub mod name_relay;
 pub mod port_relay;
 pub mod stun;
 pub mod timer;
+pub mod vpn;
 pub mod ws_relay;
 
 #[doc(hidden)]
