@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 pub mod crypto;
+pub mod server;
 pub mod wire;
 
 /// A virtual IPv4 network: a base address and a prefix length (`10.0.0.0/24`).

@@ -1,0 +1,1 @@
+//! The VPN server machine (spec/vpn.md, VPN-V…): placeholder, being written.
