@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 pub mod crypto;
+pub mod peer;
 pub mod server;
 pub mod wire;
 
