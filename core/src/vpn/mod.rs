@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub mod crypto;
 pub mod peer;
+pub mod route;
 pub mod server;
 pub mod wire;
 
