@@ -139,16 +139,15 @@ impl Routes {
             return;
         }
         let heard = self.heard.entry(from).or_default();
-        if next != dst || delay == UNREACHABLE {
-            if heard.remove(&dst).is_none() {
-                return;
-            }
-        } else if heard.len() >= self.max_per_neighbour && !heard.contains_key(&dst) {
-            return;
-        } else if heard.insert(dst, delay) == Some(delay) {
-            return;
+        let changed = if next != dst || delay == UNREACHABLE {
+            heard.remove(&dst).is_some()
+        } else {
+            let full = heard.len() >= self.max_per_neighbour && !heard.contains_key(&dst);
+            !full && heard.insert(dst, delay) != Some(delay)
+        };
+        if changed {
+            self.recompute(dst, changes);
         }
-        self.recompute(dst, changes);
     }
 
     fn recompute(&mut self, dst: Ipv4Addr, changes: &mut Vec<Route>) {
