@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 pub mod crypto;
+pub mod node;
 pub mod peer;
 pub mod route;
 pub mod server;
