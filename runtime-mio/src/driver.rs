@@ -28,7 +28,10 @@
 //! | `Pipe{a, b}` | no `Received` for the spliced bytes and no `Flushed` for `a` or `b` (a later `Send` joins the spliced stream); `Closed` for **both** once both directions carried their `FIN` through, or at once when either side fails |
 //! | `BindUdp` | `UdpBound` or `UdpBindFailed`; then `Datagram`s |
 //! | `SendTo` / `CloseUdp` | none (UDP is lossy: a datagram the socket refuses is dropped) |
-//! | `WriteTun` | none: this runtime has no TUN device yet, the packet is dropped with a warning |
+//! | `WriteTun` | none: the packet is written to the TUN device at once (see [`Driver::attach_tun`]); one the device refuses (`WouldBlock`, `ENOBUFS`, malformed) is dropped and counted, as IP may lose packets; without a device it is dropped with a warning |
+//!
+//! With a TUN device attached, every packet read from it is one `TunPacket`
+//! (Linux only: [`crate::tun::Tun`]).
 //!
 //! A peer's `FIN` (a read of 0 bytes) is `Closed` and the connection is closed,
 //! unless the machine has [`Machine::HALF_CLOSE`]: then it is `ReadClosed`, the
@@ -54,9 +57,9 @@
 //!
 //! Reads use one reused buffer of [`READ_BUFFER_SIZE`] (1 MiB). A connection
 //! is read until the socket would block, at most 2 MiB per wakeup (16
-//! datagrams for UDP); one that still has data is put on a ready list served
-//! before the loop sleeps again, so no connection starves the
-//! others. Each `Received` is fed, and the machine drained, before the next read,
+//! datagrams for UDP, 64 packets for the TUN device); one that still has data
+//! is put on a ready list served before the loop sleeps again, so no connection
+//! starves the others. Each `Received` is fed, and the machine drained, before the next read,
 //! so a `PauseRead` takes effect at once.
 //!
 //! # Pipes
@@ -107,6 +110,9 @@ pub const READ_BUFFER_SIZE: usize = 1024 * 1024;
 const READ_BUDGET: usize = 2 * READ_BUFFER_SIZE;
 /// Datagrams read from one UDP socket per wakeup.
 const DATAGRAMS_PER_WAKEUP: usize = 16;
+/// Packets read from the TUN device per wakeup.
+#[cfg(target_os = "linux")]
+const TUN_PACKETS_PER_WAKEUP: usize = 64;
 /// Accepts per listener per wakeup.
 const ACCEPTS_PER_WAKEUP: usize = 64;
 /// Bytes queued per copied pipe direction before the source is no longer read
@@ -228,7 +234,37 @@ where
     M: Machine + Send + 'static,
     M::Command: Send + 'static,
 {
-    let driver = Driver::new(machine)?;
+    spawn_driver(Driver::new(machine)?, on_event)
+}
+
+/// [`spawn`], with `tun` attached (see [`Driver::attach_tun`]): the machine gets
+/// every packet read from it as `TunPacket`, and its `WriteTun`s go to it.
+///
+/// The device stays in the network namespace it was opened in, whichever
+/// thread runs the loop.
+#[cfg(target_os = "linux")]
+pub fn spawn_with_tun<M>(
+    machine: M,
+    tun: crate::tun::Tun,
+    on_event: impl FnMut(M::Event) + Send + 'static,
+) -> io::Result<Handle<M::Command>>
+where
+    M: Machine + Send + 'static,
+    M::Command: Send + 'static,
+{
+    let mut driver = Driver::new(machine)?;
+    driver.attach_tun(tun)?;
+    spawn_driver(driver, on_event)
+}
+
+fn spawn_driver<M>(
+    driver: Driver<M>,
+    on_event: impl FnMut(M::Event) + Send + 'static,
+) -> io::Result<Handle<M::Command>>
+where
+    M: Machine + Send + 'static,
+    M::Command: Send + 'static,
+{
     let remote = driver.remote();
     let thread = thread::Builder::new()
         .name("ferry-mio".to_owned())
@@ -289,6 +325,15 @@ impl<M: Machine> Driver<M> {
             Some(remote) => remote.clone(),
             None => unreachable!("the first remote lives until run()"),
         }
+    }
+
+    /// Read packets from `tun` and feed each as `Input::TunPacket`; execute
+    /// `WriteTun` by writing to it. A device attached before is closed. While a
+    /// device is attached the loop never ends by itself (only by
+    /// [`Remote::shutdown`]); when it ends, the device is closed.
+    #[cfg(target_os = "linux")]
+    pub fn attach_tun(&mut self, tun: crate::tun::Tun) -> io::Result<()> {
+        self.sockets.attach_tun(tun)
     }
 
     /// The machine, e.g. to read its statistics before running.
@@ -407,6 +452,10 @@ impl<M: Machine> Driver<M> {
             Some(Entry::Conn(conn)) => self.conn_ready(conn, ready, on_event),
             Some(Entry::Udp(socket)) => self.udp_ready(socket, ready, on_event),
             Some(Entry::Lingering) => self.sockets.linger_ready(token),
+            #[cfg(target_os = "linux")]
+            Some(Entry::Tun) => self.tun_ready(on_event),
+            #[cfg(not(target_os = "linux"))]
+            Some(Entry::Tun) => {}
             None => {}
         }
     }
@@ -584,6 +633,38 @@ impl<M: Machine> Driver<M> {
             self.sockets.ready.push_back(udp.token);
         }
     }
+
+    /// Read up to [`TUN_PACKETS_PER_WAKEUP`] packets, each fed (and the
+    /// machine drained) before the next read, as for datagrams.
+    #[cfg(target_os = "linux")]
+    fn tun_ready(&mut self, on_event: &mut dyn FnMut(M::Event)) {
+        for _ in 0..TUN_PACKETS_PER_WAKEUP {
+            let Some(port) = &self.sockets.tun else {
+                return;
+            };
+            match port.dev.read(&mut self.sockets.buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let packet = &self.sockets.buf[..n];
+                    self.machine
+                        .handle_input(Input::TunPacket(packet), Instant::now());
+                    self.settle(on_event);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(
+                        device = port.dev.name(),
+                        "reading the TUN device failed: {e}"
+                    );
+                    return;
+                }
+            }
+        }
+        if let Some(port) = &self.sockets.tun {
+            self.sockets.ready.push_back(port.token);
+        }
+    }
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
@@ -614,6 +695,8 @@ impl Readiness {
 
 mod sockets;
 mod splice;
+#[cfg(target_os = "linux")]
+mod tun;
 mod write_queue;
 
 #[cfg(test)]

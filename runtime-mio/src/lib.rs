@@ -5,6 +5,9 @@
 //! pipes, UDP sockets and timers, on one event-loop thread. The `ferry` binary
 //! of this crate runs the protocol servers and clients on it. [`tls::TlsServer`]
 //! wraps any machine to serve TLS on the connections it accepts (rustls).
+//! [`tun::Tun`] opens a Linux TUN device; [`Driver::attach_tun`] (or
+//! [`spawn_with_tun`]) feeds its packets to the machine as `TunPacket` and
+//! writes its `WriteTun`s.
 //!
 //! ```no_run
 //! use ferry_core::name_relay::server::{Command, Config, Event, Server};
@@ -25,5 +28,9 @@
 
 pub mod driver;
 pub mod tls;
+#[cfg(target_os = "linux")]
+pub mod tun;
 
+#[cfg(target_os = "linux")]
+pub use driver::spawn_with_tun;
 pub use driver::{Driver, Handle, Remote, run, spawn};

@@ -5,8 +5,10 @@ use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::task::Poll;
 use std::time::Instant;
+use std::{io, mem};
 
 use async_channel::{Receiver, RecvError, Sender, TryRecvError, TrySendError};
 use ferry_core::io::OwnedInput;
@@ -14,6 +16,7 @@ use ferry_core::{Action, ConnId, Input, ListenerId, Machine, SocketId};
 use tracing::{debug, trace, warn};
 
 use super::tasks::{self, ConnIo, Control, Msg, Out};
+use super::tun::{TunIo, TunPort};
 use super::{Backlog, DriverConfig, Request, RuntimeIds};
 use crate::rt;
 
@@ -83,6 +86,8 @@ pub(super) struct Actor<M: Machine> {
     timer: Option<(Instant, rt::Sleep)>,
     backlog: Arc<Backlog>,
     ids: Arc<RuntimeIds>,
+    /// The TUN device's threads, if the driver has one.
+    tun: Option<TunPort>,
     warned_tun: bool,
 }
 
@@ -117,8 +122,16 @@ where
             timer: None,
             backlog,
             ids,
+            tun: None,
             warned_tun: false,
         }
+    }
+
+    /// Start the TUN device's threads (before `run`).
+    pub(super) fn attach_tun(&mut self, tun: TunIo, dropped: Arc<AtomicU64>) -> io::Result<()> {
+        let port = TunPort::start(tun, self.inbox.clone(), self.config.tun_queue, dropped)?;
+        self.tun = Some(port);
+        Ok(())
     }
 
     pub(super) async fn run(mut self) -> M {
@@ -327,8 +340,8 @@ where
             OwnedInput::Accepted { .. }
             | OwnedInput::Received { .. }
             | OwnedInput::ReadClosed { .. }
-            | OwnedInput::Flushed { .. }
-            | OwnedInput::TunPacket(_) => false,
+            | OwnedInput::Flushed { .. } => false,
+            OwnedInput::TunPacket(_) => self.tun.is_some(),
         };
         if known {
             self.feed(input.as_input());
@@ -427,13 +440,16 @@ where
                     }
                 }
             }
-            Action::WriteTun(packet) => {
-                if !self.warned_tun {
-                    self.warned_tun = true;
-                    warn!("this runtime has no TUN device: dropping packets written to it");
+            Action::WriteTun(packet) => match self.tun.as_mut() {
+                Some(tun) => tun.write(packet),
+                None => {
+                    if !self.warned_tun {
+                        self.warned_tun = true;
+                        warn!("no TUN device: dropping packets written to it");
+                    }
+                    trace!(bytes = packet.len(), "TUN packet dropped");
                 }
-                trace!(bytes = packet.len(), "TUN packet dropped");
-            }
+            },
         }
     }
 
@@ -693,6 +709,8 @@ where
     }
 
     fn close_everything(&mut self) {
+        // Stops the TUN threads (the reader at its next read).
+        drop(mem::take(&mut self.tun));
         self.conns.clear();
         self.listeners.clear();
         self.sockets.clear();

@@ -40,11 +40,24 @@
 //!   pauses every reader (not piped ones), so an application that stops reading
 //!   events stops its peers instead of growing memory; commands and writes go on.
 //!
+//! - A TUN device ([`Driver::spawn_with_tun`]) is served by two plain threads:
+//!   a **reader** that delivers each packet it reads as `TunPacket` (through the
+//!   bounded inbox, so a slow machine leaves packets in the device's queue,
+//!   where the kernel drops them), and a **writer** that writes each `WriteTun`
+//!   packet, handed over through a queue of [`DriverConfig::tun_queue`] packets:
+//!   a packet the full queue or the device refuses is dropped and counted
+//!   ([`Driver::tun_dropped`]), as IP may lose packets. Both end once the actor
+//!   has ended (the reader at its next read, see [`TunIo`]). Without a device,
+//!   `WriteTun` is dropped with a warning.
+//!
 //! Runtime-allocated ids (accepted connections, adopted listeners) count up from 1
 //! with [`ferry_core::io::CORE_ID_BIT`] clear.
 
 mod actor;
 mod tasks;
+mod tun;
+
+pub use tun::TunIo;
 
 use std::fmt;
 use std::future::poll_fn;
@@ -77,6 +90,8 @@ pub struct DriverConfig {
     pub pipe_buffer: usize,
     /// How long a closed connection may take to write what was queued. Default 2 s.
     pub close_linger: Duration,
+    /// Packets waiting for the TUN writer thread; more are dropped. Default 256.
+    pub tun_queue: usize,
 }
 
 impl Default for DriverConfig {
@@ -87,6 +102,7 @@ impl Default for DriverConfig {
             event_capacity: 1024,
             pipe_buffer: 1 << 20,
             close_linger: Duration::from_secs(2),
+            tun_queue: 256,
         }
     }
 }
@@ -230,6 +246,7 @@ pub struct Driver<M: Machine> {
     events: Receiver<M::Event>,
     backlog: Arc<Backlog>,
     ids: Arc<RuntimeIds>,
+    tun_dropped: Arc<AtomicU64>,
     task: rt::Task<M>,
 }
 
@@ -242,11 +259,26 @@ where
     /// Start driving `machine` on a new task. Actions the machine queued before
     /// (e.g. a client's `Connect`) are executed at once.
     pub fn spawn(machine: M, config: DriverConfig) -> Self {
+        match Self::start(machine, config, None) {
+            Ok(driver) => driver,
+            Err(_) => unreachable!("no thread to start without a TUN device"),
+        }
+    }
+
+    /// [`spawn`](Self::spawn), with a TUN device: every packet its reader
+    /// returns is fed as `Input::TunPacket`, every `WriteTun` goes to its
+    /// writer (see the [module docs](self)). Fails if a thread cannot be started.
+    pub fn spawn_with_tun(machine: M, config: DriverConfig, tun: TunIo) -> io::Result<Self> {
+        Self::start(machine, config, Some(tun))
+    }
+
+    fn start(machine: M, config: DriverConfig, tun: Option<TunIo>) -> io::Result<Self> {
         let (requests, requests_rx) = async_channel::bounded(config.command_capacity.max(1));
         let (events_tx, events) = async_channel::bounded(config.event_capacity.max(1));
         let backlog = Arc::new(Backlog::default());
         let ids = Arc::new(RuntimeIds::new());
-        let actor = actor::Actor::new(
+        let tun_dropped = Arc::new(AtomicU64::new(0));
+        let mut actor = actor::Actor::new(
             machine,
             config,
             requests_rx,
@@ -254,14 +286,18 @@ where
             backlog.clone(),
             ids.clone(),
         );
+        if let Some(tun) = tun {
+            actor.attach_tun(tun, tun_dropped.clone())?;
+        }
         let task = rt::spawn(actor.run());
-        Self {
+        Ok(Self {
             requests,
             events,
             backlog,
             ids,
+            tun_dropped,
             task,
-        }
+        })
     }
 
     /// Hand `command` to the machine (waits while the command queue is full).
@@ -309,6 +345,12 @@ where
             id,
             failure: failure_rx,
         })
+    }
+
+    /// Packets for the TUN device dropped so far: the writer's queue was full,
+    /// or the device refused them (e.g. `ENOBUFS`).
+    pub fn tun_dropped(&self) -> u64 {
+        self.tun_dropped.load(Ordering::Relaxed)
     }
 
     /// Unwritten bytes over every connection.

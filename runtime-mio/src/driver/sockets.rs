@@ -47,6 +47,9 @@ pub(super) enum Entry {
     Udp(SocketId),
     /// A pipe side that ended, still writing what was queued for it.
     Lingering,
+    /// The TUN device.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    Tun,
 }
 
 /// The connection an input produced while executing an action is about, if any.
@@ -149,6 +152,9 @@ pub(super) struct Sockets {
     pub(super) ready: VecDeque<Token>,
     pub(super) retry_accept: Vec<(Instant, Token)>,
     pub(super) tun_warned: bool,
+    /// The attached TUN device, if any.
+    #[cfg(target_os = "linux")]
+    pub(super) tun: Option<super::tun::TunPort>,
     /// Pipe directions go through a kernel pipe where the system has one
     /// (false: every direction copies, as on other systems; for tests).
     pub(super) splice: bool,
@@ -172,11 +178,17 @@ impl Sockets {
             ready: VecDeque::new(),
             retry_accept: Vec::new(),
             tun_warned: false,
+            #[cfg(target_os = "linux")]
+            tun: None,
             splice: true,
         }
     }
 
     pub(super) fn is_idle(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        if self.tun.is_some() {
+            return false;
+        }
         self.listeners.is_empty()
             && self.conns.is_empty()
             && self.udps.is_empty()
@@ -244,6 +256,9 @@ impl Sockets {
                 }
             }
             Action::SendTo { socket, to, data } => self.send_to(socket, to, data),
+            #[cfg(target_os = "linux")]
+            Action::WriteTun(packet) => self.write_tun(&packet),
+            #[cfg(not(target_os = "linux"))]
             Action::WriteTun(packet) => {
                 if self.tun_warned {
                     tracing::debug!(len = packet.len(), "no TUN device: packet dropped");
