@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod clients;
 pub mod daemon;
+pub mod ip_host;
 pub mod netns;
 pub mod puppet;
 pub mod scenarios;
