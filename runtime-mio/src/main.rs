@@ -44,6 +44,8 @@ enum Command {
     Mount(cli::mount::MountArgs),
     /// Talk to a name relay: interactively, or send once and/or receive N messages.
     NameClient(name_client::Args),
+    /// The p2p VPN (seed 002): `ferry vpn server` runs its WebSocket server.
+    Vpn(cli::vpn::VpnArgs),
     /// Run every server from a TOML config (each on loopback at its default port without one).
     Up(config::UpArgs),
 }
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Mount(args) => return cli::mount::main(args),
         Command::NameClient(args) => name_client::run(args),
         Command::Up(args) => config::up(args),
+        Command::Vpn(args) => cli::vpn::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

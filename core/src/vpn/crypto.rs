@@ -664,6 +664,38 @@ pub fn auth_hash_matches(password: &[u8], ip: Ipv4Addr, timestamp: i64, hash: &[
             == 0
 }
 
+/// The EXPTTUN message's hash: `SHA-256(password ‖ cidr field (32 bytes, as on
+/// the wire, NUL-padded) ‖ timestamp (8, BE))`. The server answers with the
+/// same construction over the field it grants, so each side proves the password.
+pub fn expttun_hash(password: &[u8], cidr_field: &[u8; 32], timestamp: i64) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(password)
+        .chain_update(cidr_field)
+        .chain_update(timestamp.to_be_bytes())
+        .finalize()
+        .into()
+}
+
+/// The VMAC message's hash: `SHA-256(password ‖ vmac (16) ‖ timestamp (8, BE))`.
+pub fn vmac_hash(password: &[u8], vmac: &[u8; 16], timestamp: i64) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(password)
+        .chain_update(vmac)
+        .chain_update(timestamp.to_be_bytes())
+        .finalize()
+        .into()
+}
+
+/// Byte-string equality in time independent of where the inputs differ (it
+/// depends on their lengths only). For comparing password proofs.
+pub fn hash_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        diff |= b.get(i).copied().unwrap_or(0) ^ x;
+    }
+    std::hint::black_box(diff) == 0
+}
+
 /// Why an AUTH was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthReject {

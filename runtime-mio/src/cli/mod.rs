@@ -5,3 +5,4 @@ pub mod daemon;
 pub mod mount;
 pub mod name_client;
 pub mod port_relay;
+pub mod vpn;

@@ -574,3 +574,57 @@ fn quickcheck_round_trip_in_any_order() {
         .tests(200)
         .quickcheck(prop as fn(Vec<Vec<u8>>, Vec<usize>, u32) -> TestResult);
 }
+
+/// Known answers from Python's `hashlib` (VPN-V4 and VPN-V3 of the server).
+#[test]
+fn expttun_and_vmac_hash_known_answers() {
+    let mut field = [0u8; 32];
+    field[..11].copy_from_slice(b"10.0.0.7/24");
+    assert_eq!(
+        hex(&expttun_hash(b"secret", &field, 1_700_000_000)),
+        "3f12e056f91ea9e30d3c2e1fe10f240502a8fe20371631ffa918832c9d58567c"
+    );
+    let vmac: [u8; 16] = std::array::from_fn(|i| i as u8);
+    assert_eq!(
+        hex(&vmac_hash(b"secret", &vmac, 1_700_000_000)),
+        "b8f0115c613fd0dd3898e88a26a25b597ff0c72ddb04f586e8b0c2f4453dbb3b"
+    );
+    // Every input is bound: password, field, vmac and timestamp.
+    assert_ne!(
+        expttun_hash(b"secret", &field, 1_700_000_001),
+        expttun_hash(b"secret", &field, 1_700_000_000)
+    );
+    assert_ne!(
+        expttun_hash(b"Secret", &field, 1_700_000_000),
+        expttun_hash(b"secret", &field, 1_700_000_000)
+    );
+    assert_ne!(
+        vmac_hash(b"secret", &[0; 16], 1_700_000_000),
+        vmac_hash(b"secret", &vmac, 1_700_000_000)
+    );
+}
+
+#[test]
+fn hash_eq_is_equality() {
+    assert!(hash_eq(b"", b""));
+    assert!(hash_eq(&[7; 32], &[7; 32]));
+    assert!(!hash_eq(&[7; 32], &[7; 31]));
+    assert!(!hash_eq(&[7; 31], &[7; 32]));
+    let mut other = [7u8; 32];
+    other[31] = 6;
+    assert!(!hash_eq(&[7; 32], &other));
+    other = [7; 32];
+    other[0] = 0;
+    assert!(!hash_eq(&other, &[7; 32]));
+    assert!(!hash_eq(b"abc\0", b"abc"));
+}
+
+#[test]
+fn quickcheck_hash_eq_matches_slice_equality() {
+    fn prop(a: Vec<u8>, b: Vec<u8>) -> bool {
+        hash_eq(&a, &b) == (a == b) && hash_eq(&a, &a)
+    }
+    QuickCheck::new()
+        .tests(500)
+        .quickcheck(prop as fn(Vec<u8>, Vec<u8>) -> bool);
+}
