@@ -6,3 +6,4 @@ pub mod mount;
 pub mod name_client;
 pub mod port_relay;
 pub mod vpn;
+pub mod vpn_client;

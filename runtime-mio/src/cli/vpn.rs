@@ -36,6 +36,9 @@ enum VpnCommand {
     /// Run the VPN server: client nodes authenticate over a WebSocket, get a
     /// virtual address, and exchange packets and endpoints through it.
     Server(ServerArgs),
+    /// Run a VPN node on a TUN device: packets go to peers directly over
+    /// encrypted UDP once hole punching succeeds, else through the server.
+    Client(super::vpn_client::ClientArgs),
 }
 
 /// `ferry vpn server`.
@@ -72,20 +75,34 @@ pub struct ServerArgs {
 pub fn run(args: VpnArgs) -> anyhow::Result<()> {
     match args.command {
         VpnCommand::Server(args) => run_server(args),
+        VpnCommand::Client(args) => {
+            let password = password(
+                args.password.as_deref(),
+                args.password_file.as_deref(),
+                std::env::var(PASSWORD_ENV).ok(),
+            )?;
+            super::vpn_client::run(args, password)
+        }
     }
 }
 
 /// The password from exactly one of the flag, the file and the environment.
 fn server_password(args: &ServerArgs, env: Option<String>) -> anyhow::Result<Vec<u8>> {
+    password(args.password.as_deref(), args.password_file.as_deref(), env)
+}
+
+/// The password from exactly one of `--password`, `--password-file` and the
+/// environment (server and client alike).
+pub fn password(
+    flag: Option<&str>,
+    file: Option<&Path>,
+    env: Option<String>,
+) -> anyhow::Result<Vec<u8>> {
     let env = env.filter(|p| !p.is_empty());
-    let given = [
-        args.password.is_some(),
-        args.password_file.is_some(),
-        env.is_some(),
-    ];
+    let given = [flag.is_some(), file.is_some(), env.is_some()];
     let password = match given {
-        [true, false, false] => args.password.clone().unwrap_or_default(),
-        [false, true, false] => match &args.password_file {
+        [true, false, false] => flag.unwrap_or_default().to_owned(),
+        [false, true, false] => match file {
             Some(path) => read_password_file(path)?,
             None => unreachable!("checked above"),
         },
@@ -212,6 +229,7 @@ mod tests {
         all.extend_from_slice(args);
         match Cli::try_parse_from(all).unwrap().command {
             VpnCommand::Server(args) => args,
+            VpnCommand::Client(_) => panic!("parsed a server command as a client"),
         }
     }
 
