@@ -405,6 +405,32 @@ pub fn parse_request_head(
     })
 }
 
+/// Collect a request head that arrives in pieces: append to `held` what the
+/// parser may still need of `data` (so `held` never exceeds
+/// `max_head_bytes + 1` bytes) and parse. `Ok(Some((head, rest)))` once the head
+/// is complete, `rest` being where the bytes after it (a body, WebSocket frames)
+/// start in `data`; `Ok(None)` while incomplete; the parser's errors as they are.
+/// `held` must hold only earlier pieces that were not a complete head.
+pub fn buffer_request_head(
+    held: &mut Vec<u8>,
+    data: &[u8],
+    limits: &HeadLimits,
+) -> Result<Option<(RequestHead, usize)>, HttpError> {
+    let before = held.len();
+    let take = (limits.max_head_bytes + 1)
+        .saturating_sub(before)
+        .min(data.len());
+    held.extend_from_slice(&data[..take]);
+    match parse_request_head(held, limits)? {
+        Parsed::Incomplete => Ok(None),
+        // The held bytes were no complete head, so it ends in `data`.
+        Parsed::Done { value, consumed } => Ok(Some((
+            value,
+            consumed.saturating_sub(before).min(data.len()),
+        ))),
+    }
+}
+
 /// Parse a response head at the front of `input`; same contract as
 /// [`parse_request_head`].
 pub fn parse_response_head(

@@ -13,7 +13,8 @@
 //!   each frame header before any payload is buffered (ARCHITECTURE.md rule 5).
 //! - **Handshake** ([`accept_key`], [`validate_upgrade`]): the server side of the
 //!   opening handshake (§4.2), decoupled from any HTTP type: the caller passes a
-//!   header lookup.
+//!   header lookup; [`validate_upgrade_request`] does the same for a parsed
+//!   [`RequestHead`](super::http1::RequestHead), method and version included.
 //!
 //! Bad bytes from the network are typed errors ([`WsError`]), never panics; each
 //! maps to the close code the endpoint should send ([`WsError::close_code`]).
@@ -29,6 +30,38 @@ pub use message::{
 
 /// The streaming parse result shared with the other ferry codecs.
 pub use super::Parsed;
+
+/// Check a parsed request head is an RFC 6455 opening handshake (a `GET` in
+/// HTTP/1.1 with valid upgrade fields, §4.2.1); the `Sec-WebSocket-Accept`
+/// value to answer with, or the HTTP status and reason to refuse with (400, or
+/// 426 for a version other than 13). Repeated fields are joined with `,`.
+pub fn validate_upgrade_request(head: &super::http1::RequestHead) -> Result<String, (u16, String)> {
+    if head.method != "GET" || head.version != super::http1::Version::Http11 {
+        return Err((
+            400,
+            "a WebSocket upgrade is a GET request in HTTP/1.1".into(),
+        ));
+    }
+    let fields: Vec<(&str, Vec<u8>)> = [
+        "Upgrade",
+        "Connection",
+        "Sec-WebSocket-Version",
+        "Sec-WebSocket-Key",
+    ]
+    .into_iter()
+    .filter_map(|name| {
+        let values: Vec<&[u8]> = head.headers_all(name).collect();
+        (!values.is_empty()).then(|| (name, values.join(&b","[..])))
+    })
+    .collect();
+    validate_upgrade(|name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    })
+    .map_err(|e| (e.status(), e.to_string()))
+}
 
 use nom::Parser;
 use nom::bytes::streaming::take;

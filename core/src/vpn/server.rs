@@ -43,7 +43,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::codec::Parsed;
 use crate::codec::http1::{self, HeadLimits, RequestHead, Response};
 use crate::codec::websocket::{
     CloseFrame, Message, MessageReader, OpCode, Read, Role, encode_close, encode_frame,
@@ -290,20 +289,9 @@ impl Server {
             self.read_messages(id, data, now);
             return;
         };
-        // The parser answers once it holds max_head_bytes + 1 bytes.
-        let limits = HeadLimits::default();
-        let held = head.len();
-        let take = (limits.max_head_bytes + 1)
-            .saturating_sub(held)
-            .min(data.len());
-        head.extend_from_slice(&data[..take]);
-        match http1::parse_request_head(head, &limits) {
-            Ok(Parsed::Incomplete) => {}
-            Ok(Parsed::Done { value, consumed }) => {
-                // The held bytes were no complete head, so it ends in `data`.
-                let rest = &data[consumed.saturating_sub(held).min(data.len())..];
-                self.upgrade(id, &value, rest, now);
-            }
+        match http1::buffer_request_head(head, data, &HeadLimits::default()) {
+            Ok(None) => {}
+            Ok(Some((value, rest))) => self.upgrade(id, &value, &data[rest..], now),
             Err(e) => {
                 let (status, _) = e.status();
                 self.refuse(id, status, &e.to_string());

@@ -2,8 +2,8 @@
 //! connection limit, which needs the server's state.
 
 use super::server::Config;
-use crate::codec::http1::{RequestHead, Response, Version};
-use crate::codec::websocket::validate_upgrade;
+use crate::codec::http1::{RequestHead, Response};
+use crate::codec::websocket::validate_upgrade_request;
 
 /// The longest `relayId` or `peerId`, in bytes (WS-2).
 pub(super) const MAX_ID_LEN: usize = 256;
@@ -61,32 +61,8 @@ pub(super) fn decide(head: &RequestHead, config: &Config) -> Result<Upgrade, Ref
     if head.path() != "/v1" {
         return Err(Refusal::new(404, "no such path; WebSockets connect to /v1"));
     }
-    if head.method != "GET" || head.version != Version::Http11 {
-        return Err(Refusal::new(
-            400,
-            "a WebSocket upgrade is a GET request in HTTP/1.1",
-        ));
-    }
-    // validate_upgrade wants repeated fields joined with `,`.
-    let fields: Vec<(&str, Vec<u8>)> = [
-        "Upgrade",
-        "Connection",
-        "Sec-WebSocket-Version",
-        "Sec-WebSocket-Key",
-    ]
-    .into_iter()
-    .filter_map(|name| {
-        let values: Vec<&[u8]> = head.headers_all(name).collect();
-        (!values.is_empty()).then(|| (name, values.join(&b","[..])))
-    })
-    .collect();
-    let accept = validate_upgrade(|name: &str| {
-        fields
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
-    })
-    .map_err(|e| Refusal::new(e.status(), e.to_string()))?;
+    let accept =
+        validate_upgrade_request(head).map_err(|(status, reason)| Refusal::new(status, reason))?;
     let relay_id = id_param(head, "relayId")?;
     let peer_id = id_param(head, "peerId")?;
     let protocol = match config.admin_secret.as_deref() {

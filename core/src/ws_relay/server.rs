@@ -57,7 +57,6 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::handshake::{self, Refusal, Upgrade};
-use crate::codec::Parsed;
 use crate::codec::http1::{self, HeadLimits, RequestHead, Response};
 use crate::codec::websocket::{
     CloseFrame, Message, MessageReader, Read, Role, encode_close, encode_message,
@@ -367,20 +366,10 @@ impl Server {
             self.read_messages(id, data);
             return;
         };
-        // WS-5: the parser answers once it holds max_head_bytes + 1 bytes.
-        let limits = HeadLimits::default();
-        let held = head.len();
-        let take = (limits.max_head_bytes + 1)
-            .saturating_sub(held)
-            .min(data.len());
-        head.extend_from_slice(&data[..take]);
-        match http1::parse_request_head(head, &limits) {
-            Ok(Parsed::Incomplete) => {}
-            Ok(Parsed::Done { value, consumed }) => {
-                // The held bytes were no complete head, so it ends in `data`.
-                let rest = &data[consumed.saturating_sub(held).min(data.len())..];
-                self.upgrade(id, &value, rest, now);
-            }
+        // WS-5: at most max_head_bytes + 1 bytes are held.
+        match http1::buffer_request_head(head, data, &HeadLimits::default()) {
+            Ok(None) => {}
+            Ok(Some((value, rest))) => self.upgrade(id, &value, &data[rest..], now),
             Err(e) => {
                 let (status, _) = e.status();
                 self.reject(id, Refusal::new(status, e.to_string()));

@@ -1,6 +1,7 @@
 //! Machine tests of the VPN server: inputs in, actions out, no sockets. Client
 //! frames are built, and the server's output parsed, with the codecs.
 use super::*;
+use crate::codec::Parsed;
 use crate::codec::http1::{Request, ResponseHead, Version, parse_response_head};
 use crate::codec::websocket::encode_message;
 use crate::testing::{Harness, test_epoch};

@@ -1,7 +1,7 @@
 //! The decision on an upgrade request and the answer to a refused one (VPN-V1).
 
-use crate::codec::http1::{RequestHead, Response, Version};
-use crate::codec::websocket::validate_upgrade;
+use crate::codec::http1::{RequestHead, Response};
+use crate::codec::websocket::validate_upgrade_request;
 
 /// A refused upgrade: a plain-text HTTP answer (VPN-V1).
 pub(super) fn refusal(status: u16, reason: &str) -> Vec<u8> {
@@ -21,32 +21,8 @@ pub(super) fn refusal(status: u16, reason: &str) -> Vec<u8> {
     out
 }
 
-/// The `Sec-WebSocket-Accept` value for an upgrade request, or the refusal.
+/// The `Sec-WebSocket-Accept` value for an upgrade request (any path), or
+/// the refusal's status and reason.
 pub(super) fn decide(head: &RequestHead) -> Result<String, (u16, String)> {
-    if head.method != "GET" || head.version != Version::Http11 {
-        return Err((
-            400,
-            "a WebSocket upgrade is a GET request in HTTP/1.1".into(),
-        ));
-    }
-    // validate_upgrade wants repeated fields joined with `,`.
-    let fields: Vec<(&str, Vec<u8>)> = [
-        "Upgrade",
-        "Connection",
-        "Sec-WebSocket-Version",
-        "Sec-WebSocket-Key",
-    ]
-    .into_iter()
-    .filter_map(|name| {
-        let values: Vec<&[u8]> = head.headers_all(name).collect();
-        (!values.is_empty()).then(|| (name, values.join(&b","[..])))
-    })
-    .collect();
-    validate_upgrade(|name: &str| {
-        fields
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
-    })
-    .map_err(|e| (e.status(), e.to_string()))
+    validate_upgrade_request(head)
 }

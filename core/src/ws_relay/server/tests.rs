@@ -1,6 +1,7 @@
 //! Machine tests of the WebSocket relay: inputs in, actions out, no sockets.
 //! Client frames are built, and the server's output parsed, with the codec.
 use super::*;
+use crate::codec::Parsed;
 use crate::codec::http1::{Request, ResponseHead, Version, parse_response_head};
 use crate::codec::websocket::{OpCode, encode_frame};
 use crate::testing::{Harness, LISTENER as L, assert_listens};
