@@ -3,6 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
+use super::packets::decrement_ttl;
 use super::*;
 use crate::codec::websocket::{MessageReader, Role, accept_key, encode_close, encode_message};
 use crate::testing::{Harness, test_epoch};
