@@ -122,6 +122,9 @@ pub(super) struct Udp {
     /// Registered for writability: only while datagrams wait for buffer space,
     /// so an idle or keeping-up socket is not woken by every freed buffer.
     pub(super) want_write: bool,
+    /// The largest datagram sent in trains (`UDP_SEGMENT`); 0 once the
+    /// kernel refused a train for another reason than its size.
+    pub(super) train_max: usize,
 }
 
 pub(super) struct Lingering {
@@ -158,6 +161,12 @@ pub(super) struct Sockets {
     /// Pipe directions go through a kernel pipe where the system has one
     /// (false: every direction copies, as on other systems; for tests).
     pub(super) splice: bool,
+    /// While set, `SendTo` only queues (see [`Sockets::cork`]).
+    corked: bool,
+    /// UDP sockets given datagrams while corked.
+    corked_udps: Vec<SocketId>,
+    /// Scratch for one train of datagrams.
+    train: Vec<u8>,
 }
 
 impl Sockets {
@@ -181,6 +190,9 @@ impl Sockets {
             #[cfg(target_os = "linux")]
             tun: None,
             splice: true,
+            corked: false,
+            corked_udps: Vec::new(),
+            train: Vec::new(),
         }
     }
 
@@ -998,6 +1010,11 @@ impl Sockets {
             });
             return;
         }
+        #[cfg(target_os = "linux")]
+        let (train_max, gro) = (TRAIN_MAX_DATAGRAM, super::udp_gso::enable_gro(&udp));
+        #[cfg(not(target_os = "linux"))]
+        let (train_max, gro) = (0, false);
+        tracing::debug!(%socket, %local, gro, "UDP socket bound");
         self.udps.insert(
             socket,
             Udp {
@@ -1005,6 +1022,7 @@ impl Sockets {
                 token,
                 queue: VecDeque::new(),
                 want_write: false,
+                train_max,
             },
         );
         self.pending
@@ -1021,6 +1039,25 @@ impl Sockets {
         }
         udp.queue.push_back((to, data));
         if udp.queue.len() == 1 {
+            if self.corked {
+                self.corked_udps.push(id);
+            } else {
+                self.flush_udp(id);
+            }
+        }
+    }
+
+    /// From now until [`Sockets::uncork`], datagrams are queued, not sent:
+    /// the driver corks while it reads a burst (e.g. TUN packets), so the
+    /// datagrams the burst produces can leave as trains (`UDP_SEGMENT`).
+    pub(super) fn cork(&mut self) {
+        self.corked = true;
+    }
+
+    /// Send what queued while corked.
+    pub(super) fn uncork(&mut self) {
+        self.corked = false;
+        while let Some(id) = self.corked_udps.pop() {
             self.flush_udp(id);
         }
     }
@@ -1030,8 +1067,33 @@ impl Sockets {
             return;
         };
         while let Some((to, data)) = udp.queue.front() {
-            match udp.socket.send_to(data, *to) {
-                Ok(_) => {}
+            let to = *to;
+            #[cfg(target_os = "linux")]
+            let sent = match train(&udp.queue, udp.train_max, &mut self.train) {
+                Some((count, segment)) => {
+                    match super::udp_gso::send_train(&udp.socket, to, &self.train, segment) {
+                        Ok(_) => Ok(count),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            // Too large for the path (EINVAL, EMSGSIZE): smaller
+                            // trains only; anything else: no more trains.
+                            let size =
+                                matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EMSGSIZE));
+                            udp.train_max = if size { usize::from(segment) - 1 } else { 0 };
+                            tracing::debug!(%id, %to, train_max = udp.train_max, "UDP train refused ({e}); sending one by one");
+                            continue;
+                        }
+                    }
+                }
+                None => udp.socket.send_to(data, to).map(|_| 1),
+            };
+            #[cfg(not(target_os = "linux"))]
+            let sent = udp.socket.send_to(data, to).map(|_| 1);
+            match sent {
+                Ok(count) => {
+                    udp.queue.drain(..count);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !udp.want_write {
                         udp.want_write = true;
@@ -1047,10 +1109,12 @@ impl Sockets {
                     }
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => tracing::debug!(%id, %to, "send_to failed, datagram dropped: {e}"),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(%id, %to, "send_to failed, datagram dropped: {e}");
+                    udp.queue.pop_front();
+                }
             }
-            udp.queue.pop_front();
         }
         if udp.want_write {
             udp.want_write = false;
@@ -1064,6 +1128,49 @@ impl Sockets {
             }
         }
     }
+}
+
+/// Datagrams up to this size are sent in trains; a path that refuses lowers it.
+#[cfg(target_os = "linux")]
+const TRAIN_MAX_DATAGRAM: usize = 1472;
+
+/// The train at the head of `queue`: the longest run of at least two
+/// datagrams to the same address, all of the first one's size (the last may
+/// be shorter, and ends the run), at most `train_max` bytes each, within the
+/// kernel's limits; copied into `train`. Returns the run's length and segment
+/// size, or `None` to send the head alone.
+#[cfg(target_os = "linux")]
+pub(super) fn train(
+    queue: &VecDeque<(SocketAddr, Vec<u8>)>,
+    train_max: usize,
+    train: &mut Vec<u8>,
+) -> Option<(usize, u16)> {
+    use super::udp_gso::{MAX_SEGMENTS, MAX_TRAIN};
+    let (to, first) = queue.front()?;
+    let segment = first.len();
+    if segment == 0 || segment > train_max {
+        return None;
+    }
+    let mut count = 0;
+    let mut total = 0;
+    for (addr, data) in queue.iter().take(MAX_SEGMENTS) {
+        if addr != to || data.is_empty() || data.len() > segment || total + data.len() > MAX_TRAIN {
+            break;
+        }
+        count += 1;
+        total += data.len();
+        if data.len() < segment {
+            break;
+        }
+    }
+    if count < 2 {
+        return None;
+    }
+    train.clear();
+    for (_, data) in queue.iter().take(count) {
+        train.extend_from_slice(data);
+    }
+    Some((count, u16::try_from(segment).ok()?))
 }
 
 /// Close a stream the machine is done with: one non-blocking write of what is

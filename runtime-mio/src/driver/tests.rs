@@ -992,3 +992,48 @@ fn write_queue_merges_tiny_sends_and_keeps_the_order() {
     want.extend_from_slice(b"end");
     assert_eq!(out, want[1..]);
 }
+
+/// Trains (`UDP_SEGMENT`): only runs of equal-sized datagrams to one
+/// address, the last possibly shorter, within the kernel's limits.
+#[cfg(target_os = "linux")]
+#[test]
+fn udp_trains_are_equal_sized_runs_to_one_address() {
+    use std::collections::VecDeque;
+
+    use super::sockets::train;
+
+    let a: SocketAddr = "127.0.0.1:1000".parse().expect("addr");
+    let b: SocketAddr = "127.0.0.1:2000".parse().expect("addr");
+    let queue = |items: &[(SocketAddr, usize)]| -> VecDeque<(SocketAddr, Vec<u8>)> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, &(to, len))| (to, vec![u8::try_from(i).expect("small"); len]))
+            .collect()
+    };
+    let mut scratch = Vec::new();
+    // Three full ones and a shorter last one; the run stops at the short one.
+    let q = queue(&[(a, 1000), (a, 1000), (a, 1000), (a, 400), (a, 1000)]);
+    assert_eq!(train(&q, 1472, &mut scratch), Some((4, 1000)));
+    assert_eq!(scratch.len(), 3400);
+    assert!(scratch[..1000].iter().all(|&x| x == 0) && scratch[3000..].iter().all(|&x| x == 3));
+    // Another address ends the run; a lone datagram is no train.
+    let q = queue(&[(a, 1000), (a, 1000), (b, 1000)]);
+    assert_eq!(train(&q, 1472, &mut scratch), Some((2, 1000)));
+    assert_eq!(
+        train(&queue(&[(a, 1000), (b, 1000)]), 1472, &mut scratch),
+        None
+    );
+    // A longer one ends it too; larger than train_max: sent alone.
+    let q = queue(&[(a, 500), (a, 1000)]);
+    assert_eq!(train(&q, 1472, &mut scratch), None);
+    assert_eq!(
+        train(&queue(&[(a, 1000), (a, 1000)]), 999, &mut scratch),
+        None
+    );
+    // At most 64 datagrams and 65,000 bytes.
+    let q = queue(&[(a, 100); 100]);
+    assert_eq!(train(&q, 1472, &mut scratch), Some((64, 100)));
+    let q = queue(&[(a, 1472); 60]);
+    assert_eq!(train(&q, 1472, &mut scratch), Some((44, 1472)));
+}
