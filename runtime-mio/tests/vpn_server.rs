@@ -12,7 +12,9 @@ use ferry_conformance::daemon::Daemon;
 use ferry_core::codec::Parsed;
 use ferry_core::codec::http1::{HeadLimits, Request, Version, parse_response_head};
 use ferry_core::codec::websocket::{CloseFrame, Message, MessageReader, Role, encode_message};
-use ferry_core::vpn::crypto::{auth_hash, auth_hash_matches, expttun_hash};
+use ferry_core::vpn::crypto::{
+    auth_hash, auth_hash_matches, expttun_hash, server_auth_hash, server_expttun_hash,
+};
 use ferry_core::vpn::server::{Command as ServerCommand, Config, Event, Server};
 use ferry_core::vpn::wire::{CidrText, Ipv4Packet, ServerMessage};
 use ferry_core::vpn::{WallClock, parse_cidr};
@@ -129,7 +131,8 @@ impl Node {
 
     /// AUTH as `ip` and check the server's echo and proof.
     fn login(&mut self, ip: Ipv4Addr) {
-        self.auth(ip, unix_secs(), PASSWORD);
+        let sent = unix_secs();
+        self.auth(ip, sent, PASSWORD);
         let echo = self.next_binary();
         match ServerMessage::parse(&echo).expect("in a test") {
             ServerMessage::Auth {
@@ -139,7 +142,17 @@ impl Node {
             } => {
                 assert_eq!(echoed, ip);
                 assert!((timestamp - unix_secs()).abs() <= 2);
-                assert!(auth_hash_matches(PASSWORD.as_bytes(), ip, timestamp, &hash));
+                assert_eq!(
+                    hash,
+                    server_auth_hash(PASSWORD.as_bytes(), ip, sent, timestamp)
+                );
+                // The echo is no client AUTH: it cannot be replayed as one.
+                assert!(!auth_hash_matches(
+                    PASSWORD.as_bytes(),
+                    ip,
+                    timestamp,
+                    &hash
+                ));
             }
             other => panic!("{other:?}"),
         }
@@ -307,7 +320,7 @@ fn vpn_v4_expttun_assignment_over_loopback() {
         } => {
             assert_eq!(
                 hash,
-                expttun_hash(PASSWORD.as_bytes(), cidr.field(), timestamp)
+                server_expttun_hash(PASSWORD.as_bytes(), cidr.field(), ts, timestamp)
             );
             assert_eq!(cidr.as_str(), "10.0.0.2/24");
             parse_cidr(cidr.as_str()).expect("in a test").0

@@ -55,10 +55,22 @@
 //! An [`Opener`] holds up to [`MAX_SESSIONS`] sessions of its sender, each with
 //! its own window, most recently used first. A datagram with a new session id
 //! is authenticated under that session's key before the session is adopted,
-//! so forgeries create no state. Limitation (stated in the spec): datagrams of a
-//! session the opener has never held (captured before the receiver started) or
-//! has evicted can be replayed once each; binding sessions to the signalling
-//! channel would close that and is left for later.
+//! so forgeries create no state. An evicted session is *retired*: the opener
+//! remembers its id and the highest counter it accepted ([`MAX_RETIRED`] of
+//! them per sender, oldest forgotten first) and takes it back only above that
+//! counter, so replaying old sessions' datagrams to push the current session
+//! out cannot make any datagram open twice (ids are random, not ordered, so
+//! "newer" cannot be told from the id). Limitation (stated in the spec):
+//! datagrams of a session the opener has never held (captured before the
+//! receiver started) can be replayed once each, and a sender's session
+//! forgotten after [`MAX_RETIRED`] later evictions counts as never held;
+//! binding sessions to the signalling channel would close that and is left
+//! for later.
+//!
+//! An [`OpenerSet`] creates a sender's [`Opener`] only after one of its
+//! datagrams authenticated under a temporary one, and holds at most its
+//! capacity (the node's `max_peers`), making room only by evicting the least
+//! recently used opener of a sender the caller says is idle.
 //!
 //! ## Order of checks in [`Opener::open`]
 //!
@@ -72,7 +84,13 @@
 //! [`auth_hash`] is the original's `SHA-256(password ‖ ip (4, BE) ‖ timestamp
 //! (8, BE))`: the password never crosses the wire. [`AuthReplayGuard`] accepts
 //! a `(ip, timestamp)` only within a skew of the caller's `now` and only once,
-//! in bounded memory.
+//! in bounded memory; the generic [`ReplayGuard`] does the same for other keys
+//! (the server keys EXPTTUN requests by their hash).
+//!
+//! The server's answers carry their own proofs, domain-separated from every
+//! client proof: [`server_auth_hash`] and [`server_expttun_hash`] hash a label
+//! first and bind the client's timestamp, so neither a reflected client
+//! message nor a server answer replayed as a client message verifies.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -105,6 +123,9 @@ pub const DEFAULT_ITERATIONS: u32 = 600_000;
 pub const WINDOW: u64 = 2048;
 /// Sessions of one sender an [`Opener`] keeps (current, plus restarts/stragglers).
 pub const MAX_SESSIONS: usize = 4;
+/// Evicted sessions of one sender an [`Opener`] still remembers (id and
+/// highest counter), so none of their datagrams opens twice (VPN-C8).
+pub const MAX_RETIRED: usize = 64;
 
 const SALT_PREFIX: &[u8] = b"ferry-vpn/1";
 const PEER_KEY_INFO: &[u8] = b"ferry-vpn peer key";
@@ -138,6 +159,9 @@ pub enum CryptoError {
     /// This counter is behind the replay window (or 0, never sent).
     #[error("counter {0} too old")]
     TooOld(u64),
+    /// A new sender, but the [`OpenerSet`] is full of live ones.
+    #[error("no room for peer {0}")]
+    NoRoom(Ipv4Addr),
     /// The sealer has used every counter; make a new one (a new session).
     #[error("send counter exhausted")]
     CounterExhausted,
@@ -398,6 +422,15 @@ impl ReplayWindow {
         }
     }
 
+    /// A window for a session evicted at `top`: every counter up to `top`
+    /// counts as seen, so only newer ones open.
+    fn resume(top: u64) -> ReplayWindow {
+        let mut bitmap = [u64::MAX; BLOCKS];
+        let (block, bit) = Self::slot(top);
+        bitmap[block] = bit | (bit - 1);
+        ReplayWindow { top, bitmap }
+    }
+
     fn slot(counter: u64) -> (usize, u64) {
         // BLOCKS is small: the remainder fits a usize.
         let block = ((counter / 64) % BLOCKS as u64) as usize;
@@ -456,6 +489,8 @@ pub struct OpenerStats {
     pub sessions: u64,
     /// Senders without an opener (an [`OpenerSet`] only).
     pub unknown_sender: u64,
+    /// New senders refused because the [`OpenerSet`] was full of live ones.
+    pub no_room: u64,
 }
 
 impl OpenerStats {
@@ -466,6 +501,7 @@ impl OpenerStats {
             Err(CryptoError::Replayed(_)) => self.replayed += 1,
             Err(CryptoError::TooOld(_)) => self.too_old += 1,
             Err(CryptoError::UnknownSender(_)) => self.unknown_sender += 1,
+            Err(CryptoError::NoRoom(_)) => self.no_room += 1,
             Err(_) => self.malformed += 1,
         }
     }
@@ -484,6 +520,11 @@ pub struct Opener {
     local: Ipv4Addr,
     /// Most recently accepted first; at most [`MAX_SESSIONS`].
     sessions: Vec<RecvSession>,
+    /// Evicted sessions `(id, highest counter accepted)`, oldest first; at
+    /// most [`MAX_RETIRED`]. Empty (no allocation) until a session is evicted.
+    retired: Vec<(u32, u64)>,
+    /// When an [`OpenerSet`] last opened a datagram with it (its own clock).
+    last_used: u64,
     stats: OpenerStats,
 }
 
@@ -495,6 +536,8 @@ impl Opener {
             sender,
             local,
             sessions: Vec::new(),
+            retired: Vec::new(),
+            last_used: 0,
             stats: OpenerStats::default(),
         }
     }
@@ -551,11 +594,23 @@ impl Opener {
             self.sessions.insert(0, session);
             Ok(plain)
         } else {
-            let mut window = ReplayWindow::new();
+            // A session evicted before resumes above the counter it had
+            // reached: none of its datagrams opens twice (VPN-C8).
+            let retired = self
+                .retired
+                .iter()
+                .position(|&(id, _)| id == header.session);
+            let mut window = match retired {
+                Some(i) => ReplayWindow::resume(self.retired[i].1),
+                None => ReplayWindow::new(),
+            };
             window.check(header.counter)?;
             let cipher = PeerKeys::derive(&self.master, self.sender, header.session).cipher();
             let plain = decrypt(&cipher)?;
             window.accept(header.counter);
+            if let Some(i) = retired {
+                self.retired.remove(i);
+            }
             self.sessions.insert(
                 0,
                 RecvSession {
@@ -564,7 +619,14 @@ impl Opener {
                     window,
                 },
             );
-            self.sessions.truncate(MAX_SESSIONS);
+            if self.sessions.len() > MAX_SESSIONS
+                && let Some(evicted) = self.sessions.pop()
+            {
+                if self.retired.len() >= MAX_RETIRED {
+                    self.retired.remove(0);
+                }
+                self.retired.push((evicted.id, evicted.window.top));
+            }
             self.stats.sessions += 1;
             Ok(plain)
         }
@@ -586,26 +648,51 @@ impl fmt::Debug for Opener {
 }
 
 /// Our openers, one per known peer, picked by the header's sender.
+///
+/// [`OpenerSet::open_or_admit`] creates a sender's opener only once one of its
+/// datagrams authenticates, and never holds more than its capacity (VPN-C12).
 #[derive(Debug)]
 pub struct OpenerSet {
     master: MasterKey,
     local: Ipv4Addr,
+    capacity: usize,
     openers: BTreeMap<Ipv4Addr, Opener>,
+    /// Counts successful opens: each opener's `last_used` is a reading of it.
+    clock: u64,
     stats: OpenerStats,
 }
 
 impl OpenerSet {
-    /// An empty set for our vip `local`.
+    /// An empty set for our vip `local`, without a bound.
     pub fn new(master: MasterKey, local: Ipv4Addr) -> OpenerSet {
+        OpenerSet::with_capacity(master, local, usize::MAX)
+    }
+
+    /// An empty set for our vip `local` that admits at most `capacity`
+    /// senders (at least 1) through [`OpenerSet::open_or_admit`].
+    pub fn with_capacity(master: MasterKey, local: Ipv4Addr, capacity: usize) -> OpenerSet {
         OpenerSet {
             master,
             local,
+            capacity: capacity.max(1),
             openers: BTreeMap::new(),
+            clock: 0,
             stats: OpenerStats::default(),
         }
     }
 
-    /// Accept datagrams from `peer` (keeps its opener if there is one).
+    /// How many senders have an opener.
+    pub fn len(&self) -> usize {
+        self.openers.len()
+    }
+
+    /// Whether no sender has an opener.
+    pub fn is_empty(&self) -> bool {
+        self.openers.is_empty()
+    }
+
+    /// Accept datagrams from `peer` (keeps its opener if there is one), even
+    /// beyond the capacity: for callers that trust `peer`.
     pub fn add_peer(&mut self, peer: Ipv4Addr) -> &mut Opener {
         self.openers
             .entry(peer)
@@ -629,12 +716,54 @@ impl OpenerSet {
 
     /// Opens a datagram from any known peer: its sender and plaintext.
     pub fn open(&mut self, datagram: &[u8]) -> Result<(Ipv4Addr, Vec<u8>), CryptoError> {
+        self.open_or_admit(datagram, |_| false, |_| false)
+    }
+
+    /// Opens a datagram from a known peer or, if `admit(sender)`, from a new
+    /// one: its sender and plaintext.
+    ///
+    /// A new sender's datagram is opened with a fresh [`Opener`] that is kept
+    /// only if the datagram authenticates, so forgeries create no state
+    /// (VPN-C12). When the set is full, the least recently used opener whose
+    /// sender is `evictable` makes room (after the authentication); with
+    /// none, the datagram is refused ([`CryptoError::NoRoom`]) undecrypted.
+    pub fn open_or_admit(
+        &mut self,
+        datagram: &[u8],
+        admit: impl FnOnce(Ipv4Addr) -> bool,
+        mut evictable: impl FnMut(Ipv4Addr) -> bool,
+    ) -> Result<(Ipv4Addr, Vec<u8>), CryptoError> {
         let result = Header::parse(datagram).and_then(|header| {
-            self.openers
-                .get_mut(&header.sender)
-                .ok_or(CryptoError::UnknownSender(header.sender))
-                .and_then(|opener| opener.open(datagram))
-                .map(|plain| (header.sender, plain))
+            let sender = header.sender;
+            if let Some(opener) = self.openers.get_mut(&sender) {
+                let plain = opener.open(datagram)?;
+                self.clock += 1;
+                opener.last_used = self.clock;
+                return Ok((sender, plain));
+            }
+            if !admit(sender) {
+                return Err(CryptoError::UnknownSender(sender));
+            }
+            let victim = if self.openers.len() < self.capacity {
+                None
+            } else {
+                let victim = self
+                    .openers
+                    .values()
+                    .filter(|o| evictable(o.sender))
+                    .min_by_key(|o| o.last_used)
+                    .map(Opener::sender);
+                Some(victim.ok_or(CryptoError::NoRoom(sender))?)
+            };
+            let mut opener = Opener::new(&self.master, sender, self.local);
+            let plain = opener.open(datagram)?;
+            if let Some(victim) = victim {
+                self.openers.remove(&victim);
+            }
+            self.clock += 1;
+            opener.last_used = self.clock;
+            self.openers.insert(sender, opener);
+            Ok((sender, plain))
         });
         self.stats.count(&result);
         result
@@ -664,9 +793,60 @@ pub fn auth_hash_matches(password: &[u8], ip: Ipv4Addr, timestamp: i64, hash: &[
             == 0
 }
 
-/// The EXPTTUN message's hash: `SHA-256(password ‖ cidr field (32 bytes, as on
-/// the wire, NUL-padded) ‖ timestamp (8, BE))`. The server answers with the
-/// same construction over the field it grants, so each side proves the password.
+/// The label that starts the server's AUTH echo proof ([`server_auth_hash`]).
+pub const SERVER_AUTH_LABEL: &[u8] = b"ferry-vpn/1 server AUTH";
+/// The label that starts the server's EXPTTUN answer proof ([`server_expttun_hash`]).
+pub const SERVER_EXPTTUN_LABEL: &[u8] = b"ferry-vpn/1 server EXPTTUN";
+
+/// The server's AUTH echo proof: `SHA-256("ferry-vpn/1 server AUTH" ‖ password
+/// ‖ ip (4) ‖ client timestamp (8, BE) ‖ server timestamp (8, BE))`, where the
+/// client timestamp is the one of the AUTH being answered.
+///
+/// The label (and the input length, 20 bytes more than an [`auth_hash`]
+/// input's) keeps it from ever equalling a client's AUTH hash: an echo cannot
+/// be replayed as an AUTH, and a client's own AUTH reflected back does not
+/// prove the server knows the password.
+pub fn server_auth_hash(
+    password: &[u8],
+    ip: Ipv4Addr,
+    client_timestamp: i64,
+    server_timestamp: i64,
+) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(SERVER_AUTH_LABEL)
+        .chain_update(password)
+        .chain_update(ip.octets())
+        .chain_update(client_timestamp.to_be_bytes())
+        .chain_update(server_timestamp.to_be_bytes())
+        .finalize()
+        .into()
+}
+
+/// The server's EXPTTUN answer proof: `SHA-256("ferry-vpn/1 server EXPTTUN" ‖
+/// password ‖ granted cidr field (32) ‖ client timestamp (8, BE) ‖ server
+/// timestamp (8, BE))`, where the client timestamp is the one of the EXPTTUN
+/// request being answered. Never equal to an [`expttun_hash`] (a client's
+/// request): a request passed off as an answer does not verify.
+pub fn server_expttun_hash(
+    password: &[u8],
+    cidr_field: &[u8; 32],
+    client_timestamp: i64,
+    server_timestamp: i64,
+) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(SERVER_EXPTTUN_LABEL)
+        .chain_update(password)
+        .chain_update(cidr_field)
+        .chain_update(client_timestamp.to_be_bytes())
+        .chain_update(server_timestamp.to_be_bytes())
+        .finalize()
+        .into()
+}
+
+/// The EXPTTUN request's hash: `SHA-256(password ‖ cidr field (32 bytes, as on
+/// the wire, NUL-padded) ‖ timestamp (8, BE))`. The server's answer is proven
+/// with [`server_expttun_hash`] instead, so each side proves the password and
+/// neither proof stands in for the other.
 pub fn expttun_hash(password: &[u8], cidr_field: &[u8; 32], timestamp: i64) -> [u8; 32] {
     Sha256::new()
         .chain_update(password)
@@ -696,7 +876,7 @@ pub fn hash_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Why an AUTH was refused.
+/// Why an AUTH (or another message a [`ReplayGuard`] checks) was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthReject {
     /// The hash does not match the password, ip and timestamp.
@@ -705,7 +885,7 @@ pub enum AuthReject {
     /// The timestamp is further than the allowed skew from now.
     #[error("AUTH timestamp out of range")]
     Skewed,
-    /// This (ip, timestamp) was accepted before.
+    /// This (key, timestamp), e.g. (ip, timestamp) for AUTH, was accepted before.
     #[error("AUTH replayed")]
     Replayed,
     /// The timestamp is not newer than one the guard has already forgotten.
@@ -713,7 +893,7 @@ pub enum AuthReject {
     Forgotten,
 }
 
-/// Remembers accepted AUTH `(ip, timestamp)` pairs so none is accepted twice.
+/// Remembers accepted `(key, timestamp)` pairs so none is accepted twice.
 ///
 /// Timestamps are in milliseconds, as is `now_ms` (the caller's wall clock).
 /// Memory is bounded: entries older than `now − max_skew` are pruned (they
@@ -721,26 +901,50 @@ pub enum AuthReject {
 /// is evicted. Either way the guard keeps a floor, the newest timestamp it has
 /// forgotten, and refuses anything at or below it, so forgetting never lets a
 /// replay through, even if `now` goes backwards.
+///
+/// One guard per kind of message: [`AuthReplayGuard`] keys AUTH by its ip;
+/// the server keys EXPTTUN requests by their hash in a guard of their own.
 #[derive(Debug, Clone)]
-pub struct AuthReplayGuard {
+pub struct ReplayGuard<K> {
     max_skew_ms: u64,
     capacity: usize,
-    seen: BTreeSet<(i64, Ipv4Addr)>,
+    seen: BTreeSet<(i64, K)>,
     floor: Option<i64>,
 }
 
-impl Default for AuthReplayGuard {
+/// The AUTH replay guard: `(ip, timestamp)` pairs.
+pub type AuthReplayGuard = ReplayGuard<Ipv4Addr>;
+
+impl<K: Ord> Default for ReplayGuard<K> {
     /// ±30 s, 4096 entries.
     fn default() -> Self {
-        AuthReplayGuard::new(Duration::from_secs(30), 4096)
+        ReplayGuard::new(Duration::from_secs(30), 4096)
     }
 }
 
-impl AuthReplayGuard {
+impl ReplayGuard<Ipv4Addr> {
+    /// Checks the AUTH hash first (a forged AUTH takes no memory), then
+    /// [`check`](Self::check).
+    pub fn verify(
+        &mut self,
+        password: &[u8],
+        ip: Ipv4Addr,
+        timestamp_ms: i64,
+        hash: &[u8],
+        now_ms: i64,
+    ) -> Result<(), AuthReject> {
+        if !auth_hash_matches(password, ip, timestamp_ms, hash) {
+            return Err(AuthReject::BadHash);
+        }
+        self.check(ip, timestamp_ms, now_ms)
+    }
+}
+
+impl<K: Ord> ReplayGuard<K> {
     /// A guard accepting timestamps within `max_skew` of now, remembering at
     /// most `capacity` (at least 1) of them.
-    pub fn new(max_skew: Duration, capacity: usize) -> AuthReplayGuard {
-        AuthReplayGuard {
+    pub fn new(max_skew: Duration, capacity: usize) -> ReplayGuard<K> {
+        ReplayGuard {
             max_skew_ms: u64::try_from(max_skew.as_millis()).unwrap_or(u64::MAX),
             capacity: capacity.max(1),
             seen: BTreeSet::new(),
@@ -758,28 +962,8 @@ impl AuthReplayGuard {
         self.seen.is_empty()
     }
 
-    /// Checks the hash first (a forged AUTH takes no memory), then [`check`](Self::check).
-    pub fn verify(
-        &mut self,
-        password: &[u8],
-        ip: Ipv4Addr,
-        timestamp_ms: i64,
-        hash: &[u8],
-        now_ms: i64,
-    ) -> Result<(), AuthReject> {
-        if !auth_hash_matches(password, ip, timestamp_ms, hash) {
-            return Err(AuthReject::BadHash);
-        }
-        self.check(ip, timestamp_ms, now_ms)
-    }
-
-    /// Accepts `(ip, timestamp_ms)` once, if within the skew of `now_ms`.
-    pub fn check(
-        &mut self,
-        ip: Ipv4Addr,
-        timestamp_ms: i64,
-        now_ms: i64,
-    ) -> Result<(), AuthReject> {
+    /// Accepts `(key, timestamp_ms)` once, if within the skew of `now_ms`.
+    pub fn check(&mut self, key: K, timestamp_ms: i64, now_ms: i64) -> Result<(), AuthReject> {
         self.prune(now_ms);
         if timestamp_ms.abs_diff(now_ms) > self.max_skew_ms {
             return Err(AuthReject::Skewed);
@@ -787,7 +971,7 @@ impl AuthReplayGuard {
         if self.floor.is_some_and(|floor| timestamp_ms <= floor) {
             return Err(AuthReject::Forgotten);
         }
-        if !self.seen.insert((timestamp_ms, ip)) {
+        if !self.seen.insert((timestamp_ms, key)) {
             return Err(AuthReject::Replayed);
         }
         while self.seen.len() > self.capacity {

@@ -11,8 +11,11 @@
 //! # Signalling (VPN-V…, spec/vpn.md "Server")
 //!
 //! Connect, upgrade, send VMAC; with no address yet send EXPTTUN and take the
-//! server's answer (its hash proves the server knows the password); then
-//! AUTH, and wait for the server's AUTH echo. The WebSocket is pinged every
+//! server's answer (its hash, [`server_expttun_hash`] over our request's
+//! timestamp, proves the server knows the password); then AUTH, and wait for
+//! the server's AUTH echo, proven with [`server_auth_hash`] over our AUTH's
+//! timestamp. Both answers must carry a timestamp within ±[`MAX_SKEW_SECS`]
+//! of our clock; a client proof reflected back never verifies. The WebSocket is pinged every
 //! [`Config::ping_interval`]; silence for [`Config::server_timeout`], a close
 //! or an error drops it, and the node reconnects with back-off (1 s doubling
 //! to 30 s). Peers that are CONNECTED keep working while the server is away.
@@ -33,11 +36,12 @@ use chacha20::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
 use super::crypto::{
-    MasterKey, OpenerSet, OpenerStats, Sealer, auth_hash, auth_hash_matches, expttun_hash, hash_eq,
-    vmac_hash,
+    MasterKey, OpenerSet, OpenerStats, Sealer, auth_hash, expttun_hash, hash_eq, server_auth_hash,
+    server_expttun_hash, vmac_hash,
 };
 use super::peer::{Peer, PeerOut, PeerState, Timers};
 use super::route::{Route, Routes};
+use super::server::MAX_SKEW_SECS;
 use super::wire::{CidrText, Ipv4Packet, PeerMessage, ServerMessage, SysRoute};
 use super::{Network, WallClock, parse_cidr};
 use crate::codec::stun;
@@ -278,6 +282,9 @@ pub struct Node {
     epoch: Instant,
     link: Option<Link>,
     login: Login,
+    /// The timestamp of our last EXPTTUN or AUTH on this link: the server's
+    /// answer must prove it (VPN-N1).
+    sent_ts: i64,
     reconnect_at: Option<Instant>,
     backoff: Duration,
     last_rx: Instant,
@@ -318,6 +325,7 @@ impl Node {
             epoch: now,
             link: None,
             login: Login::Offline,
+            sent_ts: 0,
             reconnect_at: Some(now),
             backoff: MIN_BACKOFF,
             last_rx: now,
@@ -413,7 +421,7 @@ impl Node {
         self.rng.fill_bytes(&mut seed);
         self.keys = Some(Keys {
             sealer: Sealer::new(&master, ip, seed),
-            openers: OpenerSet::new(master, ip),
+            openers: OpenerSet::with_capacity(master, ip, self.config.max_peers),
         });
         self.routes = Routes::new(ip, 256);
         self.peers.clear();
@@ -529,6 +537,7 @@ impl Node {
                     cidr,
                     hash,
                 });
+                self.sent_ts = ts;
                 self.login = Login::AwaitAddress;
             }
         }
@@ -543,6 +552,7 @@ impl Node {
             timestamp: ts,
             hash,
         });
+        self.sent_ts = ts;
         self.login = Login::AwaitAuth;
     }
 
@@ -618,12 +628,17 @@ impl Node {
                 hash,
             } if self.login == Login::AwaitAddress => {
                 let now_s = self.config.wall.unix_secs(now);
-                let proof = expttun_hash(&self.config.password, cidr.field(), timestamp);
+                let proof = server_expttun_hash(
+                    &self.config.password,
+                    cidr.field(),
+                    self.sent_ts,
+                    timestamp,
+                );
                 if !hash_eq(&proof, &hash) {
                     self.close_link(1008, "bad password", now);
                     return;
                 }
-                if timestamp.abs_diff(now_s) > 30 {
+                if timestamp.abs_diff(now_s) > MAX_SKEW_SECS.unsigned_abs() {
                     self.close_link(1008, "clock skew", now);
                     return;
                 }
@@ -642,14 +657,18 @@ impl Node {
                 timestamp,
                 hash,
             } if self.login == Login::AwaitAuth => {
-                if Some(ip) != self.own()
-                    || !auth_hash_matches(&self.config.password, ip, timestamp, &hash)
-                {
+                let proof = server_auth_hash(&self.config.password, ip, self.sent_ts, timestamp);
+                if Some(ip) != self.own() || !hash_eq(&proof, &hash) {
                     self.close_link(
                         1008,
                         "the server's AUTH echo does not prove the password",
                         now,
                     );
+                    return;
+                }
+                let now_s = self.config.wall.unix_secs(now);
+                if timestamp.abs_diff(now_s) > MAX_SKEW_SECS.unsigned_abs() {
+                    self.close_link(1008, "clock skew", now);
                     return;
                 }
                 self.login = Login::Ready;

@@ -136,6 +136,9 @@ pub struct Peer {
     last_heartbeat: Option<Instant>,
     connected_ticks: u32,
     delay_ms: Option<u64>,
+    /// When the peer was last heard of (server FORWARD, its endpoints, any
+    /// authenticated datagram): how idle it is (VPN-N5).
+    last_traffic: Instant,
 }
 
 impl Peer {
@@ -154,7 +157,18 @@ impl Peer {
             last_heartbeat: None,
             connected_ticks: 0,
             delay_ms: None,
+            last_traffic: now,
         }
+    }
+
+    /// Something arrived from the peer at `now` (no state change).
+    pub fn note_traffic(&mut self, now: Instant) {
+        self.last_traffic = self.last_traffic.max(now);
+    }
+
+    /// How long nothing arrived from the peer.
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_traffic)
     }
 
     /// The peer's virtual address.
@@ -376,7 +390,8 @@ impl Peer {
         }
     }
 
-    /// The server relayed the peer's LAN endpoint (LOCALUDP4CONN; VPN-S22).
+    /// The server relayed the peer's LAN endpoint (LOCALUDP4CONN; VPN-S22):
+    /// recorded, except in INIT, WAITING and FAILED (which forget endpoints).
     pub fn on_local_endpoint(&mut self, endpoint: SocketAddrV4) {
         if !matches!(
             self.state,

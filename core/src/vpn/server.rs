@@ -11,12 +11,16 @@
 //! # Before AUTH (VPN-V3..VPN-V6)
 //!
 //! VMAC and EXPTTUN may come first, each proven with the password and a
-//! timestamp within ±30 s of [`Config::wall`]; EXPTTUN reserves an address
+//! timestamp within ±30 s of [`Config::wall`]; EXPTTUN picks an address
 //! (requested, else the VMAC's last, else the lowest free) and is answered
-//! with the grant, proven the same way. AUTH (hash, then the server-wide
-//! [`AuthReplayGuard`], then the address) makes the connection the owner of its
-//! address and is echoed with the server's own proof. Anything else before AUTH,
-//! or no AUTH within [`Config::auth_timeout`] of the upgrade, closes with 1008.
+//! with the grant, proven with [`server_expttun_hash`]. Only an EXPTTUN the
+//! server-wide EXPTTUN [`ReplayGuard`] has not seen reserves its pick, so a
+//! replayed one holds nothing; a reservation made under a VMAC never blocks
+//! another connection presenting the same (non-zero) VMAC. AUTH (hash, then
+//! the server-wide [`AuthReplayGuard`], then the address) makes the connection
+//! the owner of its address and is echoed with [`server_auth_hash`], which no
+//! client AUTH equals. Anything else before AUTH, or no AUTH within
+//! [`Config::auth_timeout`] of the upgrade, closes with 1008.
 //!
 //! # Relaying (VPN-V7..VPN-V9)
 //!
@@ -50,7 +54,8 @@ use crate::codec::websocket::{
 use crate::io::{Action, ConnId, IdAllocator, Input, ListenerId, Machine};
 use crate::timer::{MAX_TIMEOUT, Timers};
 use crate::vpn::crypto::{
-    AuthReject, AuthReplayGuard, auth_hash, auth_hash_matches, expttun_hash, hash_eq, vmac_hash,
+    AuthReject, AuthReplayGuard, ReplayGuard, auth_hash_matches, expttun_hash, hash_eq,
+    server_auth_hash, server_expttun_hash, vmac_hash,
 };
 use crate::vpn::parse_cidr;
 use crate::vpn::wire::{CidrText, ServerMessage, SysRouteTable};
@@ -205,6 +210,8 @@ pub struct Server {
     conns: BTreeMap<ConnId, Conn>,
     addresses: Addresses,
     guard: AuthReplayGuard,
+    /// EXPTTUN requests seen, by hash: only a fresh, unseen one reserves (VPN-V4).
+    expttun_guard: ReplayGuard<[u8; 32]>,
     timers: Timers<Timer>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
@@ -235,6 +242,7 @@ impl Server {
             listener: Some(listener),
             conns: BTreeMap::new(),
             guard: AuthReplayGuard::default(),
+            expttun_guard: ReplayGuard::default(),
             timers: Timers::new(),
             actions,
             events: VecDeque::new(),
@@ -478,15 +486,25 @@ impl Server {
         }
     }
 
-    /// VPN-V4.
-    fn expttun(&mut self, id: ConnId, timestamp: i64, cidr: &CidrText, hash: &[u8], now: Instant) {
-        let expected = expttun_hash(&self.config.password, cidr.field(), timestamp);
+    /// VPN-V4. A request the EXPTTUN guard has seen (a replay, or the same
+    /// bytes from another node in the same second) is answered but reserves
+    /// nothing and leaves the connection's reservation as it was.
+    fn expttun(&mut self, id: ConnId, client_ts: i64, cidr: &CidrText, hash: &[u8], now: Instant) {
+        let expected = expttun_hash(&self.config.password, cidr.field(), client_ts);
         if !hash_eq(&expected, hash) {
             return self.refuse_auth(id, "bad password");
         }
-        if !self.fresh(timestamp, now) {
+        if !self.fresh(client_ts, now) {
             return self.refuse_auth(id, "clock skew");
         }
+        let unseen = self
+            .expttun_guard
+            .check(
+                expected,
+                client_ts.saturating_mul(1000),
+                self.config.wall.unix_ms(now),
+            )
+            .is_ok();
         let Some(client) = self.client_mut(id) else {
             return;
         };
@@ -499,9 +517,11 @@ impl Server {
         let Some(addr) = self.addresses.pick(id, requested, vmac.as_ref()) else {
             return self.close_client(id, 1008, "network full");
         };
-        self.addresses.reserve(id, addr, previous);
-        if let Some(client) = self.client_mut(id) {
-            client.pending = Some(addr);
+        if unseen {
+            self.addresses.reserve(id, addr, previous, vmac.as_ref());
+            if let Some(client) = self.client_mut(id) {
+                client.pending = Some(addr);
+            }
         }
         let timestamp = self.config.wall.unix_secs(now);
         let text = self.config.network.host_cidr(addr);
@@ -509,7 +529,7 @@ impl Server {
         let Ok(cidr) = CidrText::new(&text) else {
             return self.close_client(id, 1011, "address does not fit EXPTTUN");
         };
-        let hash = expttun_hash(&self.config.password, cidr.field(), timestamp);
+        let hash = server_expttun_hash(&self.config.password, cidr.field(), client_ts, timestamp);
         let grant = encoded(&ServerMessage::ExpectedTun {
             timestamp,
             cidr,
@@ -519,14 +539,14 @@ impl Server {
     }
 
     /// VPN-V5.
-    fn auth(&mut self, id: ConnId, ip: Ipv4Addr, timestamp: i64, hash: &[u8], now: Instant) {
+    fn auth(&mut self, id: ConnId, ip: Ipv4Addr, client_ts: i64, hash: &[u8], now: Instant) {
         let password = &self.config.password;
-        if !auth_hash_matches(password, ip, timestamp, hash) {
+        if !auth_hash_matches(password, ip, client_ts, hash) {
             return self.refuse_auth(id, "bad password");
         }
         let checked = self.guard.check(
             ip,
-            timestamp.saturating_mul(1000),
+            client_ts.saturating_mul(1000),
             self.config.wall.unix_ms(now),
         );
         match checked {
@@ -541,7 +561,8 @@ impl Server {
         if !network.is_host(ip) {
             return self.refuse_auth(id, &format!("address {ip} outside {network}"));
         }
-        if !self.addresses.is_free_for(ip, id) {
+        let vmac = self.client_mut(id).and_then(|client| client.vmac);
+        if !self.addresses.is_free_for(ip, id, vmac.as_ref()) {
             return self.refuse_auth(id, &format!("address {ip} in use"));
         }
         let Some(conn) = self.conns.get_mut(&id) else {
@@ -565,7 +586,7 @@ impl Server {
         let echo = encoded(&ServerMessage::Auth {
             ip,
             timestamp,
-            hash: auth_hash(&self.config.password, ip, timestamp),
+            hash: server_auth_hash(&self.config.password, ip, client_ts, timestamp),
         });
         self.reply(id, echo);
         if !self.routes.routes().is_empty() {

@@ -477,6 +477,146 @@ fn opener_set_dispatches_by_sender() {
 }
 
 #[test]
+fn vpn_c8_replayed_old_sessions_never_reopen_the_current_one() {
+    // The review's scenario: one captured datagram from each of four older
+    // sessions pushes the current session out of the opener.
+    let master = master();
+    let mut opener = Opener::new(&master, A, B);
+    let old: Vec<Vec<u8>> = (1..=MAX_SESSIONS as u32)
+        .map(|s| seal(&mut Sealer::with_session(&master, A, s), B, b"old"))
+        .collect();
+    let mut current = Sealer::with_session(&master, A, 99);
+    let captured: Vec<Vec<u8>> = (0..3).map(|_| seal(&mut current, B, b"cur")).collect();
+    for d in &captured {
+        assert!(opener.open(d).is_ok());
+    }
+    // Never held: each opens once (the stated limit, VPN-C8) and 99 retires.
+    for o in &old {
+        assert!(opener.open(o).is_ok());
+    }
+    assert!(opener.sessions.iter().all(|s| s.id != 99));
+    for round in 0..3 {
+        for o in &old {
+            assert_eq!(
+                opener.open(o),
+                Err(CryptoError::Replayed(1)),
+                "round {round}"
+            );
+        }
+        for (i, d) in captured.iter().enumerate() {
+            assert_eq!(
+                opener.open(d),
+                Err(CryptoError::Replayed(i as u64 + 1)),
+                "round {round}"
+            );
+        }
+    }
+    // The live sender goes on: session 99 is taken back above its counter,
+    // and its old datagrams still never open again.
+    assert_eq!(
+        opener.open(&seal(&mut current, B, b"next")).unwrap(),
+        b"next"
+    );
+    assert_eq!(opener.current_session(), Some(99));
+    for d in captured.iter().chain(&old) {
+        assert!(opener.open(d).is_err());
+    }
+    assert_eq!(opener.stats().opened, 3 + 4 + 1);
+    // Memory stays bounded however many sessions come and go.
+    for session in 1000..1200 {
+        let mut sealer = Sealer::with_session(&master, A, session);
+        assert!(opener.open(&seal(&mut sealer, B, b"s")).is_ok());
+    }
+    assert_eq!(opener.sessions.len(), MAX_SESSIONS);
+    assert_eq!(opener.retired.len(), MAX_RETIRED);
+}
+
+#[test]
+fn vpn_c7_a_resumed_window_refuses_everything_up_to_its_top() {
+    for top in [1u64, 63, 64, 65, 2047, 2048, 5000] {
+        let window = ReplayWindow::resume(top);
+        for c in top.saturating_sub(WINDOW + 2)..=top {
+            assert!(window.check(c).is_err(), "top {top} counter {c}");
+        }
+        let mut window = window;
+        for c in [top + 1, top + 3, top + 2, top + 200] {
+            assert_eq!(window.check(c), Ok(()), "top {top} counter {c}");
+            window.accept(c);
+        }
+        assert!(window.check(top + 3).is_err());
+        assert_eq!(window.check(top + 4), Ok(()));
+    }
+}
+
+#[test]
+fn vpn_c12_only_authenticated_senders_get_an_opener_within_capacity() {
+    const D: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+    let master = master();
+    let mut set = OpenerSet::with_capacity(master.clone(), B, 2);
+    // Forged datagrams from a thousand senders leave nothing behind.
+    for i in 0..1000u32 {
+        let mut forged = vec![VERSION];
+        forged.extend_from_slice(&Ipv4Addr::from(0x0a00_1000 + i).octets());
+        forged.extend_from_slice(&7u32.to_be_bytes());
+        forged.extend_from_slice(&1u64.to_be_bytes());
+        forged.extend_from_slice(&[0; 20]);
+        assert_eq!(
+            set.open_or_admit(&forged, |_| true, |_| true),
+            Err(CryptoError::AuthFailed)
+        );
+    }
+    assert!(set.is_empty());
+    assert_eq!(set.stats().auth_failed, 1000);
+    let mut a = Sealer::with_session(&master, A, 1);
+    let from_a = seal(&mut a, B, b"a");
+    // Not admitted by the caller (e.g. outside the network): unknown.
+    assert_eq!(
+        set.open_or_admit(&from_a, |_| false, |_| true),
+        Err(CryptoError::UnknownSender(A))
+    );
+    assert_eq!(
+        set.open_or_admit(&from_a, |s| s == A, |_| false).unwrap(),
+        (A, b"a".to_vec())
+    );
+    assert_eq!(
+        set.open_or_admit(&from_a, |_| true, |_| false),
+        Err(CryptoError::Replayed(1))
+    );
+    let mut c = Sealer::with_session(&master, C, 1);
+    assert!(
+        set.open_or_admit(&seal(&mut c, B, b"c"), |_| true, |_| false)
+            .is_ok()
+    );
+    assert!(set.open(&seal(&mut a, B, b"a2")).is_ok());
+    assert_eq!(set.len(), 2);
+    // Full and nobody evictable: refused, undecrypted.
+    let mut d = Sealer::with_session(&master, D, 1);
+    let from_d = seal(&mut d, B, b"d");
+    assert_eq!(
+        set.open_or_admit(&from_d, |_| true, |_| false),
+        Err(CryptoError::NoRoom(D))
+    );
+    // A forgery never evicts anyone.
+    let mut forged = from_d.clone();
+    forged[HEADER_LEN] ^= 1;
+    assert_eq!(
+        set.open_or_admit(&forged, |_| true, |_| true),
+        Err(CryptoError::AuthFailed)
+    );
+    assert!(set.opener(A).is_some() && set.opener(C).is_some());
+    // Authenticated, with room made from the least recently used evictable
+    // sender (C: A opened since).
+    assert_eq!(
+        set.open_or_admit(&from_d, |_| true, |_| true).unwrap(),
+        (D, b"d".to_vec())
+    );
+    assert!(set.opener(A).is_some() && set.opener(C).is_none());
+    assert_eq!(set.len(), 2);
+    let stats = set.stats();
+    assert_eq!((stats.opened, stats.no_room), (4, 1), "{stats:?}");
+}
+
+#[test]
 fn auth_guard_accepts_once_within_skew() {
     let mut guard = AuthReplayGuard::new(Duration::from_secs(30), 100);
     let now = 1_700_000_000_000;
@@ -602,6 +742,81 @@ fn expttun_and_vmac_hash_known_answers() {
         vmac_hash(b"secret", &[0; 16], 1_700_000_000),
         vmac_hash(b"secret", &vmac, 1_700_000_000)
     );
+}
+
+/// Known answers from Python's `hashlib` for the server's proofs (VPN-C10).
+#[test]
+fn server_proof_known_answers() {
+    let ip = Ipv4Addr::new(10, 0, 0, 1);
+    assert_eq!(
+        hex(&server_auth_hash(
+            b"secret",
+            ip,
+            1_700_000_000,
+            1_700_000_001
+        )),
+        "890334c0087d8d61968d469592cf97f2a181b59286c0f8be81bcadf4e88681ea"
+    );
+    let mut field = [0u8; 32];
+    field[..11].copy_from_slice(b"10.0.0.7/24");
+    assert_eq!(
+        hex(&server_expttun_hash(
+            b"secret",
+            &field,
+            1_700_000_000,
+            1_700_000_001
+        )),
+        "e1837fa0094c000322fa667f57feded806312f30a09f00d7427a3dac1cdea075"
+    );
+    // Both timestamps are bound.
+    assert_ne!(
+        server_auth_hash(b"secret", ip, 1_700_000_000, 1_700_000_001),
+        server_auth_hash(b"secret", ip, 1_700_000_001, 1_700_000_000)
+    );
+    assert_ne!(
+        server_expttun_hash(b"secret", &field, 1_700_000_000, 1_700_000_001),
+        server_expttun_hash(b"secret", &field, 1_700_000_000, 1_700_000_002)
+    );
+}
+
+/// VPN-C10: no server proof is a client proof, whatever the timestamps, so a
+/// server's AUTH echo is never a valid AUTH and a client's message reflected
+/// back never proves the server knows the password.
+#[test]
+fn vpn_c10_server_proofs_are_never_client_proofs() {
+    let mut field = [0u8; 32];
+    field[..11].copy_from_slice(b"10.0.0.7/24");
+    for (client_ts, server_ts) in [
+        (1_700_000_000, 1_700_000_000),
+        (1_700_000_000, 1_700_000_001),
+    ] {
+        let echo = server_auth_hash(b"pw", A, client_ts, server_ts);
+        for ts in [client_ts, server_ts] {
+            assert!(!auth_hash_matches(b"pw", A, ts, &echo));
+            assert!(!hash_eq(&echo, &auth_hash(b"pw", A, ts)));
+        }
+        let answer = server_expttun_hash(b"pw", &field, client_ts, server_ts);
+        for ts in [client_ts, server_ts] {
+            assert!(!hash_eq(&answer, &expttun_hash(b"pw", &field, ts)));
+        }
+        assert_ne!(echo, answer);
+    }
+}
+
+/// A guard keyed by something else than an ip (the server's EXPTTUN guard)
+/// works the same way: once per key and timestamp, within the skew.
+#[test]
+fn replay_guard_with_hash_keys() {
+    let mut guard = ReplayGuard::<[u8; 32]>::new(Duration::from_secs(30), 100);
+    let now = 1_700_000_000_000;
+    assert_eq!(guard.check([1; 32], now, now), Ok(()));
+    assert_eq!(guard.check([1; 32], now, now), Err(AuthReject::Replayed));
+    assert_eq!(guard.check([2; 32], now, now), Ok(()));
+    assert_eq!(
+        guard.check([3; 32], now - 30_001, now),
+        Err(AuthReject::Skewed)
+    );
+    assert_eq!(guard.len(), 2);
 }
 
 #[test]

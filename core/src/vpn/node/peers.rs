@@ -3,9 +3,21 @@
 //! announcements, and datagrams from peers (spec/vpn.md VPN-S…, VPN-R…).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::*;
+
+/// A peer in INIT or FAILED that nothing came from for this long may be
+/// evicted to make room for a new one when the table is full (VPN-N5).
+pub(super) const IDLE_PEER: Duration = Duration::from_secs(60);
+
+/// Whether a peer (or a sender without one) may lose its table entry or its
+/// datagram opener to a newcomer: INIT or FAILED and idle for [`IDLE_PEER`].
+fn evictable(peer: Option<&Peer>, now: Instant) -> bool {
+    peer.is_none_or(|p| {
+        matches!(p.state(), PeerState::Init | PeerState::Failed) && p.idle_for(now) >= IDLE_PEER
+    })
+}
 
 impl Node {
     pub(super) fn p2p_on(&self) -> bool {
@@ -28,7 +40,17 @@ impl Node {
         }
         if !self.peers.contains_key(&vip) {
             if self.peers.len() >= self.config.max_peers {
-                return;
+                // VPN-N5: the most idle INIT/FAILED peer makes room, if any.
+                let victim = self
+                    .peers
+                    .values()
+                    .filter(|p| evictable(Some(p), now))
+                    .max_by_key(|p| p.idle_for(now))
+                    .map(Peer::vip);
+                let Some(victim) = victim else {
+                    return;
+                };
+                self.peers.remove(&victim);
             }
             self.peers
                 .insert(vip, Peer::new(vip, &self.config.timers, now));
@@ -39,6 +61,7 @@ impl Node {
         };
         let mut out = Vec::new();
         if let Some(peer) = self.peers.get_mut(&vip) {
+            peer.note_traffic(now);
             f(peer, &ctx, now, &mut out);
         }
         self.peer_outs(vip, out, now);
@@ -59,7 +82,7 @@ impl Node {
                         endpoint,
                     });
                     if from == PeerState::Connected {
-                        self.set_direct(vip, None);
+                        self.set_direct(vip, None, now);
                     }
                     if to == PeerState::Connected {
                         // VPN-R3: a new neighbour gets our whole table.
@@ -170,7 +193,7 @@ impl Node {
         u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
-    pub(super) fn set_direct(&mut self, vip: Ipv4Addr, delay: Option<u64>) {
+    pub(super) fn set_direct(&mut self, vip: Ipv4Addr, delay: Option<u64>, now: Instant) {
         let mut changes = Vec::new();
         let announcement = self.routes.set_direct(vip, delay, &mut changes);
         for change in changes {
@@ -184,7 +207,7 @@ impl Node {
                 .filter(|p| p.state() == PeerState::Connected && p.vip() != route.dst)
                 .map(Peer::vip)
                 .collect();
-            let now = self.epoch; // endpoints do not depend on it for CONNECTED peers
+            // The real `now`: a LAN endpoint counts only while its heartbeats arrive.
             for n in neighbours {
                 self.send_route(n, route, now);
             }
@@ -314,23 +337,24 @@ impl Node {
         }
         let own = self.own();
         let network = self.network;
+        let peers = &self.peers;
         let Some(keys) = &mut self.keys else {
             return;
         };
-        // VPN-C6: a datagram that does not open is counted by the opener and dropped.
-        let sender = match crate::vpn::crypto::Header::parse(data) {
-            Ok(header) => header.sender,
-            Err(_) => {
-                let _ = keys.openers.open(data);
-                return;
-            }
-        };
-        if network.is_some_and(|n| n.is_host(sender)) && Some(sender) != own {
-            keys.openers.add_peer(sender);
-        }
-        let Ok((sender, plain)) = keys.openers.open(data) else {
+        // VPN-C6: a datagram that does not open is counted by the opener and
+        // dropped. VPN-C12: a new sender's opener is kept only once its
+        // datagram authenticated, and only in room made from idle peers.
+        let opened = keys.openers.open_or_admit(
+            data,
+            |sender| network.is_some_and(|n| n.is_host(sender)) && Some(sender) != own,
+            |sender| evictable(peers.get(&sender), now),
+        );
+        let Ok((sender, plain)) = opened else {
             return;
         };
+        if let Some(peer) = self.peers.get_mut(&sender) {
+            peer.note_traffic(now);
+        }
         let SocketAddr::V4(from) = from else {
             self.stats.bad_peer_messages += 1;
             return;
@@ -343,7 +367,12 @@ impl Node {
             }
             Ok(PeerMessage::Forward(packet)) => {
                 self.stats.direct_in += 1;
-                self.route_packet(packet, Some(sender), now);
+                // VPN-N4: a peer relays only packets from hosts of the overlay.
+                if network.is_some_and(|n| n.is_host(packet.source())) {
+                    self.route_packet(packet, Some(sender), now);
+                } else {
+                    self.stats.dropped_bad_packet += 1;
+                }
             }
             Ok(PeerMessage::Delay {
                 src,
@@ -368,7 +397,7 @@ impl Node {
                         && peer.state() == PeerState::Connected
                     {
                         peer.set_delay_ms(rtt);
-                        self.set_direct(sender, Some(rtt));
+                        self.set_direct(sender, Some(rtt), now);
                     }
                 } else {
                     self.stats.bad_peer_messages += 1;

@@ -7,7 +7,7 @@ use super::packets::decrement_ttl;
 use super::*;
 use crate::codec::websocket::{MessageReader, Role, accept_key, encode_close, encode_message};
 use crate::testing::{Harness, test_epoch};
-use crate::vpn::crypto::{Opener, auth_hash, expttun_hash};
+use crate::vpn::crypto::{Opener, auth_hash, expttun_hash, server_auth_hash, server_expttun_hash};
 use crate::vpn::wire::{CidrText, Ipv4Packet, PeerMessage, ServerMessage};
 
 const PASSWORD: &[u8] = b"correct horse";
@@ -136,11 +136,17 @@ impl Script {
             matches!(sent[0], ServerMessage::VirtualMac { .. }),
             "{sent:?}"
         );
-        let ip = match (&sent[1], assign) {
-            (ServerMessage::ExpectedTun { .. }, Some(cidr)) => {
+        let (ip, auth_ts) = match (&sent[1], assign) {
+            (
+                ServerMessage::ExpectedTun {
+                    timestamp: request_ts,
+                    ..
+                },
+                Some(cidr),
+            ) => {
                 let ts = 1_800_000_000;
                 let cidr = CidrText::new(cidr).unwrap();
-                let hash = expttun_hash(PASSWORD, cidr.field(), ts);
+                let hash = server_expttun_hash(PASSWORD, cidr.field(), *request_ts, ts);
                 let actions = self.send(&ServerMessage::ExpectedTun {
                     timestamp: ts,
                     cidr,
@@ -155,19 +161,19 @@ impl Script {
                         },
                     ] => {
                         assert_eq!(*hash, auth_hash(PASSWORD, *ip, *timestamp));
-                        *ip
+                        (*ip, *timestamp)
                     }
                     other => panic!("{other:?}"),
                 }
             }
-            (ServerMessage::Auth { ip, .. }, None) => *ip,
+            (ServerMessage::Auth { ip, timestamp, .. }, None) => (*ip, *timestamp),
             (other, _) => panic!("{other:?}"),
         };
         let ts = 1_800_000_001;
         self.send(&ServerMessage::Auth {
             ip,
             timestamp: ts,
-            hash: auth_hash(PASSWORD, ip, ts),
+            hash: server_auth_hash(PASSWORD, ip, auth_ts, ts),
         });
         let events = self.h.events();
         assert!(events.contains(&Event::LoggedIn { ip }), "{events:?}");
@@ -244,6 +250,104 @@ fn vpn_v_a_forged_address_answer_is_refused() {
     });
     assert!(actions.iter().any(|a| matches!(a, Action::Close { .. })));
     assert_eq!(s.h.machine.status(s.h.now).address, None);
+}
+
+/// Whether `actions` close the link and the node is still not logged in.
+fn refused_login(s: &mut Script, actions: &[Action]) -> bool {
+    let closed = actions.contains(&Action::Close { conn: s.conn });
+    let events = s.h.events();
+    closed
+        && !s.h.machine.status(s.h.now).logged_in
+        && !events.iter().any(|e| matches!(e, Event::LoggedIn { .. }))
+}
+
+#[test]
+fn vpn_n1_the_nodes_own_auth_reflected_is_not_an_echo() {
+    let (mut s, _) = Script::start(config(Some((ip(3), 24))));
+    s.connect();
+    let sent = s.upgrade();
+    let ServerMessage::Auth { .. } = sent[1] else {
+        panic!("{sent:?}");
+    };
+    // A fake server that does not know the password sends our AUTH back.
+    let actions = s.send(&sent[1]);
+    assert!(refused_login(&mut s, &actions), "{actions:?}");
+}
+
+#[test]
+fn vpn_n1_a_client_expttun_passed_off_as_the_answer_is_refused() {
+    // Another node's request (captured), with a client proof, as the answer.
+    let (mut s, _) = Script::start(config(None));
+    s.connect();
+    s.upgrade();
+    let ts = 1_800_000_000;
+    let cidr = CidrText::new("10.0.0.7/24").unwrap();
+    let actions = s.send(&ServerMessage::ExpectedTun {
+        timestamp: ts,
+        cidr,
+        hash: expttun_hash(PASSWORD, cidr.field(), ts),
+    });
+    assert!(refused_login(&mut s, &actions), "{actions:?}");
+    assert_eq!(s.h.machine.status(s.h.now).address, None);
+    // Our own request reflected back.
+    let (mut s, _) = Script::start(config(None));
+    s.connect();
+    let sent = s.upgrade();
+    let ServerMessage::ExpectedTun { .. } = sent[1] else {
+        panic!("{sent:?}");
+    };
+    let actions = s.send(&sent[1]);
+    assert!(refused_login(&mut s, &actions), "{actions:?}");
+    assert_eq!(s.h.machine.status(s.h.now).address, None);
+}
+
+#[test]
+fn vpn_n1_a_stale_server_proof_is_refused() {
+    let now_s = 1_800_000_000;
+    // An AUTH echo proven for our AUTH, but stamped 31 s ago.
+    let (mut s, _) = Script::start(config(Some((ip(3), 24))));
+    s.connect();
+    let sent = s.upgrade();
+    let ServerMessage::Auth { timestamp, .. } = sent[1] else {
+        panic!("{sent:?}");
+    };
+    let stale = now_s - 31;
+    let actions = s.send(&ServerMessage::Auth {
+        ip: ip(3),
+        timestamp: stale,
+        hash: server_auth_hash(PASSWORD, ip(3), timestamp, stale),
+    });
+    assert!(refused_login(&mut s, &actions), "{actions:?}");
+    // An EXPTTUN answer proven for our request, but stamped 31 s ahead.
+    let (mut s, _) = Script::start(config(None));
+    s.connect();
+    let sent = s.upgrade();
+    let ServerMessage::ExpectedTun { timestamp, .. } = sent[1] else {
+        panic!("{sent:?}");
+    };
+    let ahead = now_s + 31;
+    let cidr = CidrText::new("10.0.0.7/24").unwrap();
+    let actions = s.send(&ServerMessage::ExpectedTun {
+        timestamp: ahead,
+        cidr,
+        hash: server_expttun_hash(PASSWORD, cidr.field(), timestamp, ahead),
+    });
+    assert!(refused_login(&mut s, &actions), "{actions:?}");
+    assert_eq!(s.h.machine.status(s.h.now).address, None);
+    // Within ±30 s the same answers are taken.
+    let (mut s, _) = Script::start(config(Some((ip(3), 24))));
+    s.connect();
+    let sent = s.upgrade();
+    let ServerMessage::Auth { timestamp, .. } = sent[1] else {
+        panic!("{sent:?}");
+    };
+    let edge = now_s - 30;
+    s.send(&ServerMessage::Auth {
+        ip: ip(3),
+        timestamp: edge,
+        hash: server_auth_hash(PASSWORD, ip(3), timestamp, edge),
+    });
+    assert!(s.h.machine.status(s.h.now).logged_in);
 }
 
 #[test]
@@ -572,4 +676,236 @@ fn ttl_decrement_keeps_the_checksum_valid() {
         assert_eq!(p[8], ttl - 1);
         assert_eq!(checksum(&p[..20]), 0, "ttl {ttl}");
     }
+}
+
+/// Seals `message` as the peer `vip` would, for us (10.0.0.3).
+fn sealed(sealer: &mut Sealer, message: &PeerMessage<'_>) -> Vec<u8> {
+    let mut plain = Vec::new();
+    message.encode(&mut plain);
+    let mut datagram = Vec::new();
+    sealer.seal(ip(3), &plain, &mut datagram).unwrap();
+    datagram
+}
+
+fn heartbeat(vip: Ipv4Addr, ack: bool) -> PeerMessage<'static> {
+    PeerMessage::Heartbeat {
+        tun: vip,
+        ip: Ipv4Addr::UNSPECIFIED,
+        port: 0,
+        ack,
+    }
+}
+
+/// Drives a second peer `vip` (heard at `endpoint`) to CONNECTED once our
+/// public endpoint is known; the actions of its heartbeat (the probe).
+fn punch(
+    s: &mut Script,
+    sealer: &mut Sealer,
+    vip: Ipv4Addr,
+    endpoint: SocketAddrV4,
+) -> Vec<Action> {
+    s.send(&ServerMessage::Udp4Conn {
+        src: vip,
+        dst: ip(3),
+        ip: *endpoint.ip(),
+        port: endpoint.port(),
+    });
+    let actions = s.h.advance(Duration::from_secs(1));
+    let id = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::SendTo { to, data, .. } if *to == stun_addr() => {
+                Some(stun::parse(data).unwrap().transaction_id)
+            }
+            _ => None,
+        })
+        .expect("a STUN request");
+    let mut answer = Vec::new();
+    stun::encode_with_fingerprint(
+        &stun::Message::binding_success(id, "198.51.100.10:4000".parse().unwrap(), None),
+        &mut answer,
+    )
+    .unwrap();
+    s.h.input(Input::Datagram {
+        socket: s.socket.unwrap(),
+        from: stun_addr(),
+        data: &answer,
+    });
+    assert_eq!(s.h.machine.peer_state(vip), Some(PeerState::Connecting));
+    let actions = s.h.input(Input::Datagram {
+        socket: s.socket.unwrap(),
+        from: SocketAddr::V4(endpoint),
+        data: &sealed(sealer, &heartbeat(vip, true)),
+    });
+    assert_eq!(s.h.machine.peer_state(vip), Some(PeerState::Connected));
+    actions
+}
+
+#[test]
+fn vpn_r3_route_updates_go_where_heartbeats_arrive_now() {
+    let (mut s, _) = Script::start(config(Some((ip(3), 24))));
+    s.login(None);
+    let (mut at_4, peer_public, master, _) = connected(&mut s);
+    let socket = s.socket.unwrap();
+    let mut from_4 = Sealer::new(&master, ip(4), [20; 32]);
+    // Peer 4 was heard once on its LAN address, then only on its public one.
+    let lan = SocketAddrV4::new(Ipv4Addr::new(192, 168, 7, 4), 7000);
+    s.h.input(Input::Datagram {
+        socket,
+        from: SocketAddr::V4(lan),
+        data: &sealed(&mut from_4, &heartbeat(ip(4), true)),
+    });
+    for _ in 0..5 {
+        s.h.input(Input::Datagram {
+            socket,
+            from: SocketAddr::V4(peer_public),
+            data: &sealed(&mut from_4, &heartbeat(ip(4), true)),
+        });
+        s.h.advance(Duration::from_secs(1));
+    }
+    assert_eq!(s.h.machine.peer_state(ip(4)), Some(PeerState::Connected));
+    // Peer 5 connects and answers our probe: its direct route goes to peer 4.
+    let mut from_5 = Sealer::new(&master, ip(5), [21; 32]);
+    let at_5_endpoint = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 21), 7001);
+    let actions = punch(&mut s, &mut from_5, ip(5), at_5_endpoint);
+    let mut at_5 = Opener::new(&master, ip(3), ip(5));
+    let probe = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::SendTo { to, data, .. } if *to == SocketAddr::V4(at_5_endpoint) => {
+                Some(at_5.open(data).unwrap())
+            }
+            _ => None,
+        })
+        .expect("a probe");
+    let actions = s.h.input(Input::Datagram {
+        socket,
+        from: SocketAddr::V4(at_5_endpoint),
+        data: &sealed(&mut from_5, &PeerMessage::parse(&probe).unwrap()),
+    });
+    let routes: Vec<SocketAddr> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendTo { to, data, .. } => match at_4.open(data) {
+                Ok(plain) => matches!(
+                    PeerMessage::parse(&plain),
+                    Ok(PeerMessage::Route { dst, .. }) if dst == ip(5)
+                )
+                .then_some(*to),
+                Err(_) => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(routes, [SocketAddr::V4(peer_public)], "{actions:?}");
+}
+
+#[test]
+fn vpn_n4_direct_packets_from_outside_the_network_are_dropped() {
+    let (mut s, _) = Script::start(config(Some((ip(3), 24))));
+    s.login(None);
+    let (_, peer_public, master, _) = connected(&mut s);
+    let mut from_4 = Sealer::new(&master, ip(4), [22; 32]);
+    let socket = s.socket.unwrap();
+    let mut send = |s: &mut Script, p: &[u8]| {
+        s.h.input(Input::Datagram {
+            socket,
+            from: SocketAddr::V4(peer_public),
+            data: &sealed(
+                &mut from_4,
+                &PeerMessage::Forward(Ipv4Packet::new_checked(p).unwrap()),
+            ),
+        })
+    };
+    let before = s.h.machine.stats();
+    for src in [Ipv4Addr::new(8, 8, 8, 8), ip(0), ip(255)] {
+        assert!(send(&mut s, &packet(src, ip(3), 64)).is_empty(), "{src}");
+    }
+    // A host of the overlay (relayed for another node) is delivered.
+    let relayed = packet(ip(9), ip(3), 64);
+    assert_eq!(send(&mut s, &relayed), [Action::WriteTun(relayed.clone())]);
+    let after = s.h.machine.stats();
+    assert_eq!(after.dropped_bad_packet - before.dropped_bad_packet, 3);
+    assert_eq!(after.tun_out - before.tun_out, 1);
+}
+
+#[test]
+fn vpn_c12_forged_datagrams_create_no_state_and_openers_are_bounded() {
+    let mut c = config(Some((Ipv4Addr::new(10, 0, 0, 1), 16)));
+    c.max_peers = 2;
+    let (mut s, _) = Script::start(c);
+    s.connect();
+    let socket = s.socket.unwrap();
+    let from: SocketAddr = "198.51.100.7:9".parse().unwrap();
+    for i in 0..5000u32 {
+        let mut d = vec![crate::vpn::crypto::VERSION];
+        d.extend_from_slice(&Ipv4Addr::from(0x0a00_0002 + i).octets());
+        d.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
+        d.extend_from_slice(&[0; 16]);
+        s.h.input(Input::Datagram {
+            socket,
+            from,
+            data: &d,
+        });
+    }
+    let keys = s.h.machine.keys.as_ref().unwrap();
+    assert!(keys.openers.is_empty());
+    assert_eq!(keys.openers.stats().auth_failed, 5000);
+    assert!(s.h.machine.peers.is_empty());
+    // Genuine senders: at most max_peers openers while theirs are live.
+    let master = MasterKey::derive(PASSWORD, "10.0.0.0/16", ITERATIONS);
+    for (n, seed) in [(4u8, 30u8), (5, 31), (6, 32)] {
+        let mut sealer = Sealer::new(&master, ip(n), [seed; 32]);
+        s.h.input(Input::Datagram {
+            socket,
+            from,
+            data: &{
+                let mut plain = Vec::new();
+                heartbeat(ip(n), false).encode(&mut plain);
+                let mut d = Vec::new();
+                sealer
+                    .seal(Ipv4Addr::new(10, 0, 0, 1), &plain, &mut d)
+                    .unwrap();
+                d
+            },
+        });
+    }
+    let keys = s.h.machine.keys.as_ref().unwrap();
+    assert_eq!(keys.openers.len(), 2);
+    assert!(keys.openers.opener(ip(6)).is_none());
+    assert_eq!(keys.openers.stats().no_room, 1);
+}
+
+#[test]
+fn vpn_n5_a_full_peer_table_evicts_an_idle_init_or_failed_peer() {
+    let mut c = config(Some((ip(3), 24)));
+    c.p2p = false;
+    c.max_peers = 2;
+    let (mut s, _) = Script::start(c);
+    s.login(None);
+    let forward = |s: &mut Script, src: u8| {
+        let p = packet(ip(src), ip(3), 64);
+        let actions = s.send(&ServerMessage::Forward(
+            Ipv4Packet::new_checked(&p).unwrap(),
+        ));
+        assert!(
+            actions.contains(&Action::WriteTun(p)),
+            "delivered either way"
+        );
+    };
+    // Spoofed sources fill the table (FAILED: no p2p).
+    forward(&mut s, 4);
+    forward(&mut s, 5);
+    forward(&mut s, 6);
+    assert_eq!(s.h.machine.peer_state(ip(6)), None, "full, nobody idle");
+    s.h.now += Duration::from_secs(30);
+    forward(&mut s, 5);
+    s.h.now += Duration::from_secs(31);
+    // 4 has been idle for 61 s, 5 for 31 s: 4 makes room.
+    forward(&mut s, 6);
+    assert_eq!(s.h.machine.peer_state(ip(6)), Some(PeerState::Failed));
+    assert_eq!(s.h.machine.peer_state(ip(4)), None);
+    assert_eq!(s.h.machine.peer_state(ip(5)), Some(PeerState::Failed));
+    forward(&mut s, 7);
+    assert_eq!(s.h.machine.peer_state(ip(7)), None, "5 and 6 are not idle");
 }

@@ -1,6 +1,11 @@
 //! The server's address book (VPN-V4, VPN-V5): who owns which virtual address,
-//! which addresses EXPTTUN has promised and to whom, and the address each VMAC
-//! last held, bounded and least recently used first out.
+//! which addresses EXPTTUN has promised and to whom (and under which VMAC), and
+//! the address each VMAC last held, bounded and least recently used first out.
+//!
+//! A promise made under a VMAC does not hold against another connection that
+//! presents the same VMAC: VMAC messages can be replayed, so a promise under
+//! someone's VMAC must not lock its owner out (VPN-V4). The all-zero VMAC (the
+//! original's "none") is no identity and never matches.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -17,8 +22,9 @@ pub(super) struct Addresses {
     network: Network,
     /// Addresses of authenticated connections.
     owners: BTreeMap<Ipv4Addr, ConnId>,
-    /// Addresses EXPTTUN promised to a connection not yet authenticated.
-    pending: BTreeMap<Ipv4Addr, ConnId>,
+    /// Addresses EXPTTUN promised to a connection not yet authenticated, with
+    /// the (non-zero) VMAC that connection had presented.
+    pending: BTreeMap<Ipv4Addr, (ConnId, Option<[u8; 16]>)>,
     /// VMAC → (last use, address).
     sticky: BTreeMap<[u8; 16], (u64, Ipv4Addr)>,
     /// Last use → VMAC, oldest first, to evict.
@@ -48,9 +54,20 @@ impl Addresses {
         self.owners.len()
     }
 
-    /// Neither owned nor promised to a connection other than `conn`.
-    pub(super) fn is_free_for(&self, addr: Ipv4Addr, conn: ConnId) -> bool {
-        !self.owners.contains_key(&addr) && self.pending.get(&addr).is_none_or(|&c| c == conn)
+    /// Neither owned nor promised to a connection other than `conn`, unless
+    /// that promise was made under `vmac` (the VMAC `conn` presented).
+    pub(super) fn is_free_for(
+        &self,
+        addr: Ipv4Addr,
+        conn: ConnId,
+        vmac: Option<&[u8; 16]>,
+    ) -> bool {
+        let vmac = identity(vmac);
+        !self.owners.contains_key(&addr)
+            && self
+                .pending
+                .get(&addr)
+                .is_none_or(|&(c, v)| c == conn || (v.is_some() && v == vmac))
     }
 
     /// VPN-V4: the requested address if it is a free host, else the one `vmac`
@@ -61,7 +78,8 @@ impl Addresses {
         requested: Option<Ipv4Addr>,
         vmac: Option<&[u8; 16]>,
     ) -> Option<Ipv4Addr> {
-        let usable = |addr: Ipv4Addr| self.network.is_host(addr) && self.is_free_for(addr, conn);
+        let usable =
+            |addr: Ipv4Addr| self.network.is_host(addr) && self.is_free_for(addr, conn, vmac);
         if let Some(addr) = requested.filter(|&a| usable(a)) {
             return Some(addr);
         }
@@ -70,27 +88,39 @@ impl Addresses {
         }
         // Each address skipped is held by a connection, so this stops after at
         // most (connections + 1) steps unless the network itself is that small.
-        self.network.hosts().find(|&a| self.is_free_for(a, conn))
+        self.network
+            .hosts()
+            .find(|&a| self.is_free_for(a, conn, vmac))
     }
 
-    /// Promise `addr` to `conn`, dropping whatever it was promised before.
-    pub(super) fn reserve(&mut self, conn: ConnId, addr: Ipv4Addr, previous: Option<Ipv4Addr>) {
+    /// Promise `addr` to `conn` (which presented `vmac`), dropping whatever it
+    /// was promised before; a promise of `addr` to another connection (only
+    /// possible under the same VMAC, see [`Addresses::is_free_for`]) is replaced.
+    pub(super) fn reserve(
+        &mut self,
+        conn: ConnId,
+        addr: Ipv4Addr,
+        previous: Option<Ipv4Addr>,
+        vmac: Option<&[u8; 16]>,
+    ) {
         if let Some(previous) = previous {
             self.unreserve(conn, previous);
         }
-        self.pending.insert(addr, conn);
+        self.pending.insert(addr, (conn, identity(vmac)));
     }
 
     /// Forget the promise of `addr` to `conn` (not one to another connection).
     pub(super) fn unreserve(&mut self, conn: ConnId, addr: Ipv4Addr) {
-        if self.pending.get(&addr) == Some(&conn) {
+        if self.pending.get(&addr).is_some_and(|&(c, _)| c == conn) {
             self.pending.remove(&addr);
         }
     }
 
-    /// `conn` now owns `addr` (VPN-V5); its promise of `addr`, if any, is spent.
+    /// `conn` now owns `addr` (VPN-V5); any promise of `addr` is spent (the
+    /// caller checked [`Addresses::is_free_for`]: it was `conn`'s, or made
+    /// under `conn`'s VMAC).
     pub(super) fn claim(&mut self, conn: ConnId, addr: Ipv4Addr) {
-        self.unreserve(conn, addr);
+        self.pending.remove(&addr);
         self.owners.insert(addr, conn);
     }
 
@@ -132,4 +162,9 @@ impl Addresses {
     pub(super) fn pending_len(&self) -> usize {
         self.pending.len()
     }
+}
+
+/// A VMAC as an identity: the all-zero VMAC is none.
+fn identity(vmac: Option<&[u8; 16]>) -> Option<[u8; 16]> {
+    vmac.copied().filter(|v| *v != [0; 16])
 }

@@ -6,6 +6,7 @@ use crate::codec::http1::{Request, ResponseHead, Version, parse_response_head};
 use crate::codec::websocket::encode_message;
 use crate::testing::{Harness, test_epoch};
 use crate::vpn::WallClock;
+use crate::vpn::crypto::auth_hash;
 use crate::vpn::wire::Ipv4Packet;
 use crate::vpn::wire::{SysRoute, WireError};
 use quickcheck::{QuickCheck, TestResult};
@@ -197,14 +198,15 @@ impl Harness<Server> {
         let ts = self.secs();
         let actions = self.recv(conn, &auth(addr, ts));
         assert!(!is_closed(&actions, conn), "{actions:?}");
-        assert_echo(&actions, conn, addr, ts);
+        assert_echo(&actions, conn, addr, ts, ts);
         self.flush(&actions);
         conn
     }
 }
 
-/// The AUTH echo: the address, the server's now, and the server's proof.
-fn assert_echo(actions: &[Action], conn: ConnId, addr: Ipv4Addr, now_secs: i64) {
+/// The AUTH echo to an AUTH stamped `client_ts`: the address, the server's
+/// now, and the server's proof (which is not a client AUTH hash).
+fn assert_echo(actions: &[Action], conn: ConnId, addr: Ipv4Addr, client_ts: i64, now_secs: i64) {
     let answers = binaries(actions, conn);
     let Some(first) = answers.first() else {
         panic!("no echo: {actions:?}");
@@ -217,14 +219,22 @@ fn assert_echo(actions: &[Action], conn: ConnId, addr: Ipv4Addr, now_secs: i64) 
         } => {
             assert_eq!(echoed, addr);
             assert_eq!(timestamp, now_secs);
-            assert!(auth_hash_matches(PASSWORD, addr, timestamp, &hash));
+            assert_eq!(hash, server_auth_hash(PASSWORD, addr, client_ts, timestamp));
+            assert!(!auth_hash_matches(PASSWORD, addr, timestamp, &hash));
         }
         other => panic!("{other:?}"),
     }
 }
 
-/// The address an EXPTTUN answer grants, checking its proof.
+/// The address an EXPTTUN answer grants, checking its proof, for a request
+/// stamped with the server's now.
 fn granted(actions: &[Action], conn: ConnId, now_secs: i64) -> Ipv4Addr {
+    granted_to(actions, conn, now_secs, now_secs)
+}
+
+/// The address an EXPTTUN answer to a request stamped `client_ts` grants,
+/// checking its proof.
+fn granted_to(actions: &[Action], conn: ConnId, client_ts: i64, now_secs: i64) -> Ipv4Addr {
     let answers = binaries(actions, conn);
     match ServerMessage::parse(answers.first().expect("a grant")).unwrap() {
         ServerMessage::ExpectedTun {
@@ -233,7 +243,11 @@ fn granted(actions: &[Action], conn: ConnId, now_secs: i64) -> Ipv4Addr {
             hash,
         } => {
             assert_eq!(timestamp, now_secs);
-            assert_eq!(hash, expttun_hash(PASSWORD, cidr.field(), timestamp));
+            assert_eq!(
+                hash,
+                server_expttun_hash(PASSWORD, cidr.field(), client_ts, timestamp)
+            );
+            assert_ne!(hash, expttun_hash(PASSWORD, cidr.field(), timestamp));
             let (addr, prefix) = parse_cidr(cidr.as_str()).unwrap();
             assert!(prefix == 24 || prefix == 30, "{prefix}");
             addr
@@ -385,7 +399,7 @@ fn vpn_v5_auth_ok_is_echoed_with_the_servers_proof() {
     let ts = h.secs();
     assert_eq!(ts, UNIX_MS / 1000 + 2);
     let actions = h.recv(conn, &auth(ip(7), ts - 3));
-    assert_echo(&actions, conn, ip(7), ts);
+    assert_echo(&actions, conn, ip(7), ts - 3, ts);
     assert_eq!(h.machine.owner(ip(7)), Some(conn));
     assert_eq!(h.machine.stats().clients, 1);
     let joined: Vec<Event> = h.events();
@@ -478,6 +492,26 @@ fn vpn_v5_replayed_auth_on_a_new_connection_is_refused() {
 }
 
 #[test]
+fn vpn_v5_the_echo_replayed_as_an_auth_is_refused() {
+    let mut h = Harness::new(config());
+    h.now += Duration::from_millis(2_500);
+    let first = h.open(1);
+    let ts = h.secs();
+    // The client's timestamp differs from the echo's, so the (ip, timestamp)
+    // replay guard alone would not catch the echo.
+    let actions = h.recv(first, &auth(ip(7), ts - 1));
+    let echo = binaries(&actions, first).remove(0);
+    h.input(Input::Closed { conn: first });
+    h.events();
+    // An eavesdropper sends the server's echo as its own AUTH.
+    let second = h.open(2);
+    let actions = h.recv(second, &client(&Message::Binary(echo)));
+    assert_eq!(closed_with(&actions, second), (1008, "bad password".into()));
+    assert_eq!(h.machine.owner(ip(7)), None);
+    assert_eq!(rejected_reasons(&mut h), ["bad password"]);
+}
+
+#[test]
 fn vpn_v5_skewed_timestamps_are_refused() {
     let mut h = Harness::new(config());
     let ts = h.secs();
@@ -552,7 +586,7 @@ fn vpn_v4_expttun_assigns_the_lowest_free_host() {
     assert_eq!(&answer[0][9..21], b"10.0.0.2/24\0");
     // The grant is then claimed with AUTH.
     let actions = h.recv(conn, &auth(ip(2), ts));
-    assert_echo(&actions, conn, ip(2), ts);
+    assert_echo(&actions, conn, ip(2), ts, ts);
     assert_eq!(h.machine.addresses.pending_len(), 0);
 }
 
@@ -595,12 +629,16 @@ fn vpn_v4_pending_reservation_blocks_a_second_client() {
         closed_with(&actions, b),
         (1008, "address 10.0.0.1 in use".into())
     );
-    // B's reservation died with it; A's holds until A leaves.
+    // B's reservation died with it; A's holds until A leaves. (Each request
+    // is a new one: a replayed EXPTTUN would reserve nothing.)
     let c = h.open(3);
-    assert_eq!(granted(&h.recv(c, &expttun_msg("", ts)), c, ts), ip(2));
+    let actions = h.recv(c, &expttun_msg("", ts - 1));
+    assert_eq!(granted_to(&actions, c, ts - 1, ts), ip(2));
     h.input(Input::Closed { conn: a });
     let d = h.open(4);
-    assert_eq!(granted(&h.recv(d, &expttun_msg("", ts)), d, ts), ip(1));
+    let actions = h.recv(d, &expttun_msg("", ts - 2));
+    assert_eq!(granted_to(&actions, d, ts - 2, ts), ip(1));
+    assert_eq!(h.machine.addresses.pending_len(), 2);
 }
 
 #[test]
@@ -641,13 +679,115 @@ fn vpn_v4_vmac_stickiness_after_reconnect() {
     // Another VMAC gets the lowest free; a requested address beats the memory.
     let c = h.open(4);
     h.recv(c, &vmac_msg(*b"fedcba9876543210", ts));
-    assert_eq!(granted(&h.recv(c, &expttun_msg("", ts)), c, ts), ip(2));
+    let actions = h.recv(c, &expttun_msg("", ts - 1));
+    assert_eq!(granted_to(&actions, c, ts - 1, ts), ip(2));
     h.input(Input::Closed { conn: b });
     let d = h.open(5);
     h.recv(d, &vmac_msg(vmac, ts));
     assert_eq!(
         granted(&h.recv(d, &expttun_msg("10.0.0.50/24", ts)), d, ts),
         ip(50)
+    );
+}
+
+#[test]
+fn vpn_v4_a_replayed_expttun_reserves_nothing() {
+    let mut h = Harness::new(config());
+    let vmac = *b"0123456789abcdef";
+    let ts = h.secs();
+    // The victim's login, captured on the wire.
+    let captured = [vmac_msg(vmac, ts), expttun_msg("", ts)];
+    let victim = h.open(1);
+    h.recv(victim, &captured[0]);
+    assert_eq!(granted(&h.recv(victim, &captured[1]), victim, ts), ip(1));
+    h.recv(victim, &auth(ip(1), ts));
+    assert_eq!(h.machine.owner(ip(1)), Some(victim));
+    h.input(Input::Closed { conn: victim });
+    // Replayed within the skew: answered, but nothing is reserved.
+    h.now += Duration::from_secs(1);
+    let now = h.secs();
+    let replay = h.open(2);
+    h.recv(replay, &captured[0]);
+    let actions = h.recv(replay, &captured[1]);
+    assert_eq!(granted_to(&actions, replay, ts, now), ip(1));
+    assert_eq!(h.machine.addresses.pending_len(), 0);
+    // So the victim gets its usual address back.
+    let back = h.open(3);
+    h.recv(back, &vmac_msg(vmac, now));
+    assert_eq!(
+        granted(&h.recv(back, &expttun_msg("", now)), back, now),
+        ip(1)
+    );
+    let actions = h.recv(back, &auth(ip(1), now));
+    assert_echo(&actions, back, ip(1), now, now);
+    // Past the skew the replay is refused outright.
+    h.now += Duration::from_secs(30);
+    let late = h.open(4);
+    let actions = h.recv(late, &captured[1]);
+    assert_eq!(closed_with(&actions, late), (1008, "clock skew".into()));
+}
+
+#[test]
+fn vpn_v4_a_reservation_under_a_vmac_does_not_lock_that_vmac_out() {
+    let mut h = Harness::new(config());
+    let vmac = *b"0123456789abcdef";
+    let ts = h.secs();
+    // A connection presenting (say, replaying) the VMAC reserves 10.0.0.1.
+    let holder = h.open(1);
+    h.recv(holder, &vmac_msg(vmac, ts));
+    let actions = h.recv(holder, &expttun_msg("10.0.0.1/24", ts));
+    assert_eq!(granted(&actions, holder, ts), ip(1));
+    // The VMAC's owner with a fixed address still logs in with it...
+    h.now += Duration::from_secs(1);
+    let now = h.secs();
+    let owner = h.open(2);
+    h.recv(owner, &vmac_msg(vmac, now));
+    let actions = h.recv(owner, &auth(ip(1), now));
+    assert_echo(&actions, owner, ip(1), now, now);
+    assert_eq!(h.machine.addresses.pending_len(), 0);
+    let actions = h.recv(holder, &auth(ip(1), now - 1));
+    assert_eq!(
+        closed_with(&actions, holder),
+        (1008, "address 10.0.0.1 in use".into())
+    );
+    // ...and with an assigned one gets it granted over such a reservation.
+    h.input(Input::Closed { conn: owner });
+    let holder = h.open(3);
+    h.recv(holder, &vmac_msg(vmac, now));
+    let actions = h.recv(holder, &expttun_msg("10.0.0.1/24", now));
+    assert_eq!(granted(&actions, holder, now), ip(1));
+    let owner = h.open(4);
+    h.recv(owner, &vmac_msg(vmac, now));
+    let actions = h.recv(owner, &expttun_msg("", now));
+    assert_eq!(granted(&actions, owner, now), ip(1));
+    // Another VMAC, none, or the all-zero one does not take a reservation.
+    let others = [
+        (5, Some(*b"fedcba9876543210"), now - 5),
+        (6, None, now - 6),
+        (7, Some([0; 16]), now - 7),
+    ];
+    for (id, vmac, auth_ts) in others {
+        let other = h.open(id);
+        if let Some(vmac) = vmac {
+            h.recv(other, &vmac_msg(vmac, now));
+        }
+        let actions = h.recv(other, &auth(ip(1), auth_ts));
+        assert_eq!(
+            closed_with(&actions, other),
+            (1008, "address 10.0.0.1 in use".into()),
+            "{id}"
+        );
+    }
+    let zero = h.open(8);
+    h.recv(zero, &vmac_msg([0; 16], now));
+    let actions = h.recv(zero, &expttun_msg("10.0.0.2/24", now));
+    assert_eq!(granted(&actions, zero, now), ip(2));
+    let other = h.open(9);
+    h.recv(other, &vmac_msg([0; 16], now));
+    let actions = h.recv(other, &auth(ip(2), now - 2));
+    assert_eq!(
+        closed_with(&actions, other),
+        (1008, "address 10.0.0.2 in use".into())
     );
 }
 
@@ -677,7 +817,7 @@ fn vpn_v4_network_full_closes_1008() {
     assert_eq!(granted(&h.recv(a, &expttun_msg("", ts)), a, ts), ip(1));
     h.login(2, ip(2));
     let c = h.open(3);
-    let actions = h.recv(c, &expttun_msg("", ts));
+    let actions = h.recv(c, &expttun_msg("", ts - 1));
     assert_eq!(closed_with(&actions, c), (1008, "network full".into()));
 }
 
