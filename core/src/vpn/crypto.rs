@@ -6,10 +6,13 @@
 //! protection. ferry keeps the shape (one shared password, a key per sender)
 //! and fixes the weak parts:
 //!
-//! - **AEAD: ChaCha20-Poly1305** (RFC 8439, RustCrypto `chacha20poly1305`). It
-//!   is constant-time and fast in portable code, so nothing assumes AES-NI
-//!   (AES-GCM without it is slow or table-based), and it reuses the `chacha20`
-//!   crate the core already has for its seeded RNG.
+//! - **AEAD: AES-256-GCM** (NIST SP 800-38D, RustCrypto `aes-gcm`), the
+//!   original's cipher. The crate picks AES-NI and carry-less multiplication
+//!   at run time and falls back to constant-time (bitsliced) software; on the
+//!   x86 machines it was measured on, seal + open of 1400-byte packets runs
+//!   2.7x faster than ChaCha20-Poly1305 (5.7 against 2.1 Gbit/s per core),
+//!   and the cipher is the largest user-space cost of the direct path
+//!   (`conformance/benches/vpn.rs` prints the ratio of both).
 //! - **KDF: PBKDF2-HMAC-SHA256**, computed once per process:
 //!   `master = PBKDF2(password, salt = "ferry-vpn/1" ‖ network, iterations, 32)`
 //!   where `network` is the configured CIDR text (e.g. `10.0.0.0/24`), so two
@@ -36,7 +39,7 @@
 //! - associated data = `header (17) ‖ receiver vip (4)`: every header bit is
 //!   authenticated, and a datagram sealed for one receiver fails to open at
 //!   another (the receiver vip is not sent: both ends know it);
-//! - ciphertext ‖ tag = ChaCha20-Poly1305 of the plaintext (an IPv4 packet or
+//! - ciphertext ‖ tag = AES-256-GCM of the plaintext (an IPv4 packet or
 //!   a peer message); overhead [`OVERHEAD`] = 33 bytes.
 //!
 //! ## Why a session id
@@ -98,8 +101,11 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use chacha20::ChaCha20Rng;
-use chacha20poly1305::aead::AeadInOut;
-use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};
+use aes_gcm::aead::consts::U12;
+use aes_gcm::{AeadInOut, Aes256Gcm, Key, KeyInit, Tag};
+
+/// The AEAD's 96-bit nonce.
+type Nonce = aes_gcm::Nonce<U12>;
 use hkdf::Hkdf;
 use rand_core::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -239,8 +245,8 @@ impl PeerKeys {
         self.session
     }
 
-    fn cipher(&self) -> ChaCha20Poly1305 {
-        ChaCha20Poly1305::new(&Key::from(self.key))
+    fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new(&Key::<Aes256Gcm>::from(self.key))
     }
 }
 
@@ -313,7 +319,7 @@ pub struct Sealer {
     local: Ipv4Addr,
     session: u32,
     next: u64,
-    cipher: ChaCha20Poly1305,
+    cipher: Aes256Gcm,
 }
 
 impl Sealer {
@@ -382,7 +388,7 @@ impl Sealer {
             &header.aad(to),
             (&mut out[HEADER_LEN..]).into(),
         );
-        // ChaCha20-Poly1305 refuses only messages beyond 256 GiB, excluded above.
+        // AES-GCM refuses only messages beyond 64 GiB, excluded above.
         let Ok(tag) = sealed else {
             out.clear();
             return Err(CryptoError::TooLong);
@@ -509,7 +515,7 @@ impl OpenerStats {
 
 struct RecvSession {
     id: u32,
-    cipher: ChaCha20Poly1305,
+    cipher: Aes256Gcm,
     window: ReplayWindow,
 }
 
@@ -578,7 +584,7 @@ impl Opener {
         let (body, tag) = datagram[HEADER_LEN..].split_at(datagram.len() - OVERHEAD);
         let tag = Tag::try_from(tag).map_err(|_| CryptoError::TooShort)?;
         let aad = header.aad(self.local);
-        let decrypt = |cipher: &ChaCha20Poly1305| -> Result<Vec<u8>, CryptoError> {
+        let decrypt = |cipher: &Aes256Gcm| -> Result<Vec<u8>, CryptoError> {
             let mut plain = body.to_vec();
             cipher
                 .decrypt_inout_detached(&header.nonce(), &aad, (&mut plain[..]).into(), &tag)
