@@ -1012,9 +1012,11 @@ impl Sockets {
         }
         #[cfg(target_os = "linux")]
         let (train_max, gro) = (TRAIN_MAX_DATAGRAM, super::udp_gso::enable_gro(&udp));
+        #[cfg(target_os = "linux")]
+        let (rcvbuf, sndbuf) = super::udp_gso::grow_buffers(&udp);
         #[cfg(not(target_os = "linux"))]
-        let (train_max, gro) = (0, false);
-        tracing::debug!(%socket, %local, gro, "UDP socket bound");
+        let (train_max, gro, rcvbuf, sndbuf) = (0, false, None::<i32>, None::<i32>);
+        tracing::debug!(%socket, %local, gro, ?rcvbuf, ?sndbuf, "UDP socket bound");
         self.udps.insert(
             socket,
             Udp {

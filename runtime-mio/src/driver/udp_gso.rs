@@ -39,6 +39,49 @@ pub(super) fn enable_gro(socket: &impl AsRawFd) -> bool {
     setsockopt_int(socket.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, one)
 }
 
+/// Socket buffers for trains: the default (about 208 KB) holds three 64 KB
+/// trains, so a burst overflows it and IP loses what a slightly slower
+/// receiver could have taken.
+pub(super) const BUFFER: c_int = 4 << 20;
+
+/// Ask for [`BUFFER`]-byte send and receive buffers: the `FORCE` options
+/// where we may (`CAP_NET_ADMIN`, which a VPN node has for its TUN), else the
+/// plain ones, which the kernel caps at `net.core.{r,w}mem_max`.
+/// Returns the sizes the kernel reports afterwards (receive, send; it
+/// counts its bookkeeping too, so they read twice what was granted).
+pub(super) fn grow_buffers(socket: &impl AsRawFd) -> (Option<c_int>, Option<c_int>) {
+    let fd = socket.as_raw_fd();
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if !setsockopt_int(fd, libc::SOL_SOCKET, force, BUFFER) {
+            setsockopt_int(fd, libc::SOL_SOCKET, plain, BUFFER);
+        }
+    }
+    (
+        getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF),
+        getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF),
+    )
+}
+
+#[allow(unsafe_code)]
+fn getsockopt_int(fd: RawFd, level: c_int, name: c_int) -> Option<c_int> {
+    let mut value: c_int = 0;
+    let mut len = socklen_t::try_from(mem::size_of::<c_int>()).unwrap_or(4);
+    // SAFETY: `value` and `len` live across the call; `len` is `value`'s size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            ptr::from_mut(&mut value).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0).then_some(value)
+}
+
 #[allow(unsafe_code)]
 fn setsockopt_int(fd: RawFd, level: c_int, name: c_int, value: c_int) -> bool {
     let len = socklen_t::try_from(mem::size_of::<c_int>()).unwrap_or(4);
@@ -257,6 +300,24 @@ mod tests {
         let result = send_train(&tx, rx.local_addr().expect("addr"), &train, 1000);
         assert!(result.is_err(), "{result:?}");
         assert!(train.len() > MAX_TRAIN);
+    }
+
+    #[test]
+    fn buffers_grow_for_trains() {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let (rcv, snd) = grow_buffers(&socket);
+        let (rcv, snd) = (rcv.expect("SO_RCVBUF"), snd.expect("SO_SNDBUF"));
+        // Root (effective uid 0) may force any size.
+        let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        });
+        if root {
+            assert!(rcv >= BUFFER && snd >= BUFFER, "{rcv} {snd}");
+        } else {
+            // Capped at the sysctl, but never below the default it started at.
+            assert!(rcv > 0 && snd > 0, "{rcv} {snd}");
+        }
     }
 
     #[test]
