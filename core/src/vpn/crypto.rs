@@ -47,7 +47,8 @@
 //! Counters start at 1 whenever a [`Sealer`] is created. A peer that restarts
 //! would therefore reuse `(key, nonce)` pairs under a key that depends only on
 //! the password — catastrophic for any stream-cipher AEAD (the XOR of two
-//! plaintexts leaks and Poly1305 keys repeat). So each [`Sealer`] draws a
+//! plaintexts leaks and GCM's authentication key can be recovered, which lets
+//! anyone forge). So each [`Sealer`] draws a
 //! 32-bit session id from the seed its caller gives it (the runtime seeds from
 //! the OS once per process; the core never touches OS randomness), and the id
 //! goes into the HKDF info: each process start gets a fresh key, so counters
@@ -100,9 +101,9 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use chacha20::ChaCha20Rng;
 use aes_gcm::aead::consts::U12;
 use aes_gcm::{AeadInOut, Aes256Gcm, Key, KeyInit, Tag};
+use chacha20::ChaCha20Rng;
 
 /// The AEAD's 96-bit nonce.
 type Nonce = aes_gcm::Nonce<U12>;
@@ -117,7 +118,7 @@ mod tests;
 pub const VERSION: u8 = 1;
 /// Header length: version (1) ‖ sender vip (4) ‖ session (4) ‖ counter (8).
 pub const HEADER_LEN: usize = 17;
-/// The Poly1305 tag length.
+/// The GCM tag length.
 pub const TAG_LEN: usize = 16;
 /// Bytes a sealed datagram adds to its plaintext.
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
