@@ -5,16 +5,19 @@
 
 #![cfg(target_os = "linux")]
 
+#[path = "support/fake_tun.rs"]
+mod fake_tun;
 #[path = "../../runtime-mio/tests/support/tun_lab.rs"]
 mod tun_lab;
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use fake_tun::FakeReader;
 use ferry_async_std::driver::TunIo;
 use ferry_async_std::{Driver, DriverConfig};
 use ferry_mio::tun::Tun;
@@ -73,32 +76,8 @@ fn the_async_std_driver_answers_pings_through_a_tun_device() {
     }
 }
 
-/// A device made of channels: what the test sends is read, what the driver
-/// writes is received, unless writes are refused (then `WouldBlock`).
-struct FakeReader {
-    packets: Receiver<Vec<u8>>,
-    ended: Arc<AtomicBool>,
-}
-
-impl Read for FakeReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.packets.recv_timeout(Duration::from_millis(50)) {
-            Ok(packet) => {
-                buf[..packet.len()].copy_from_slice(&packet);
-                Ok(packet.len())
-            }
-            Err(RecvTimeoutError::Timeout) => Err(io::ErrorKind::TimedOut.into()),
-            Err(RecvTimeoutError::Disconnected) => Ok(0),
-        }
-    }
-}
-
-impl Drop for FakeReader {
-    fn drop(&mut self) {
-        self.ended.store(true, Ordering::Release);
-    }
-}
-
+/// The write half: what the driver writes is received, unless writes are
+/// refused (then `WouldBlock`).
 struct FakeWriter {
     written: Sender<Vec<u8>>,
     refuse: Arc<AtomicBool>,

@@ -1,14 +1,18 @@
 //! The P2P VPN on the async-std driver as an embedder runs it (loopback, in-memory TUNs): login (VPN-N1), server then direct (VPN-S1..S14, S23; the VPN-N8 checks), wrong password final (VPN-N2).
 
-use std::io::{self, Read, Write};
+#[path = "support/fake_tun.rs"]
+mod fake_tun;
+
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_std::future::timeout;
 use async_std::task;
+use fake_tun::FakeReader;
 use ferry_async_std::driver::TunIo;
 use ferry_async_std::mount_relay::StunResponder;
 use ferry_async_std::{Driver, DriverConfig};
@@ -106,31 +110,6 @@ fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, id: u16, payload: usize) -> Vec<u8> 
 }
 
 // ---- an in-memory TUN device ----------------------------------------------------------
-
-/// What the test injects is read, one packet per `read`.
-struct FakeTunReader {
-    packets: mpsc::Receiver<Vec<u8>>,
-    ended: Arc<AtomicBool>,
-}
-
-impl Read for FakeTunReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.packets.recv_timeout(Duration::from_millis(50)) {
-            Ok(packet) => {
-                buf[..packet.len()].copy_from_slice(&packet);
-                Ok(packet.len())
-            }
-            Err(RecvTimeoutError::Timeout) => Err(io::ErrorKind::TimedOut.into()),
-            Err(RecvTimeoutError::Disconnected) => Ok(0),
-        }
-    }
-}
-
-impl Drop for FakeTunReader {
-    fn drop(&mut self) {
-        self.ended.store(true, Ordering::Release);
-    }
-}
 
 /// What the node writes to its TUN goes to the test.
 struct FakeTunWriter(async_channel::Sender<Vec<u8>>);
@@ -241,7 +220,7 @@ impl VpnNode {
         let (inject, packets) = mpsc::channel();
         let (written, sink) = async_channel::unbounded();
         let reader_ended = Arc::new(AtomicBool::new(false));
-        let reader = FakeTunReader {
+        let reader = FakeReader {
             packets,
             ended: reader_ended.clone(),
         };
