@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub mod crypto;
 pub mod node;
+pub mod offload;
 pub mod peer;
 pub mod route;
 pub mod server;
