@@ -437,12 +437,11 @@ impl<M: Machine> Driver<M> {
             while let Some(event) = self.machine.poll_event() {
                 on_event(event);
             }
-            let now = Instant::now();
             if let Some(report) = self.sockets.pending.pop_front() {
-                self.machine.handle_input(report.as_input(), now);
+                self.machine.handle_input(report.as_input(), Instant::now());
             } else if let Some((conn, bytes)) = self.sockets.take_flushed() {
                 self.machine
-                    .handle_input(Input::Flushed { conn, bytes }, now);
+                    .handle_input(Input::Flushed { conn, bytes }, Instant::now());
             } else {
                 return;
             }
@@ -633,6 +632,7 @@ impl<M: Machine> Driver<M> {
                     // A train (UDP_GRO) is fed datagram by datagram; the
                     // datagrams its handling sends leave as trains too.
                     self.sockets.cork();
+                    let now = Instant::now();
                     let mut at = 0;
                     while at < n {
                         let len = segment.unwrap_or(n).min(n - at).max(1);
@@ -643,7 +643,7 @@ impl<M: Machine> Driver<M> {
                             from,
                             data,
                         };
-                        self.machine.handle_input(input, Instant::now());
+                        self.machine.handle_input(input, now);
                         self.settle(on_event);
                     }
                     self.sockets.uncork();
@@ -671,9 +671,20 @@ impl<M: Machine> Driver<M> {
     #[cfg(target_os = "linux")]
     fn read_tun(&mut self, on_event: &mut dyn FnMut(M::Event)) {
         for _ in 0..TUN_PACKETS_PER_WAKEUP {
-            let Some(port) = &self.sockets.tun else {
+            let Some(port) = self.sockets.tun.as_mut() else {
                 return;
             };
+            if port.dev.vnet_hdr() {
+                let mut buf = std::mem::take(&mut port.read_buf);
+                let more = self.read_tun_offload(&mut buf, on_event);
+                if let Some(port) = self.sockets.tun.as_mut() {
+                    port.read_buf = buf;
+                }
+                if more {
+                    continue;
+                }
+                return;
+            }
             match port.dev.read(&mut self.sockets.buf) {
                 Ok(0) => return,
                 Ok(n) => {
@@ -696,6 +707,60 @@ impl<M: Machine> Driver<M> {
         if let Some(port) = &self.sockets.tun {
             self.sockets.ready.push_back(port.token);
         }
+    }
+
+    /// One read of a device with offloads into `buf`: its packet, or each
+    /// segment of its TCP super-packet, fed. False when nothing more waits.
+    #[cfg(target_os = "linux")]
+    fn read_tun_offload(&mut self, buf: &mut [u8], on_event: &mut dyn FnMut(M::Event)) -> bool {
+        use ferry_core::vpn::offload::{self, Split, VNET_HDR_LEN, VnetHdr};
+        let Some(port) = self.sockets.tun.as_mut() else {
+            return false;
+        };
+        let n = match port.dev.read(buf) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+            Err(e) => {
+                tracing::warn!(device = port.dev.name(), "reading the TUN device failed: {e}");
+                return false;
+            }
+        };
+        let Some(hdr) = VnetHdr::parse(&buf[..n]) else {
+            return true;
+        };
+        let packet = &mut buf[VNET_HDR_LEN..n];
+        match offload::split(&hdr, packet) {
+            Ok(Split::Whole) => {
+                self.machine
+                    .handle_input(Input::TunPacket(packet), Instant::now());
+                self.settle(on_event);
+            }
+            Ok(Split::Tcp(plan)) => {
+                let mut segment = std::mem::take(&mut port.segment);
+                let now = Instant::now();
+                for i in 0..plan.count() {
+                    plan.segment(packet, i, &mut segment);
+                    self.machine.handle_input(Input::TunPacket(&segment), now);
+                    self.settle(on_event);
+                }
+                if let Some(port) = self.sockets.tun.as_mut() {
+                    port.segment = segment;
+                }
+                // A super-packet's datagrams leave now, as trains, rather
+                // than queue behind the rest of the wakeup's reads.
+                self.sockets.uncork();
+                self.sockets.cork();
+            }
+            Err(e) => tracing::debug!(
+                device = port.dev.name(),
+                ?hdr,
+                len = packet.len(),
+                "TUN packet dropped: {e}"
+            ),
+        }
+        true
     }
 }
 

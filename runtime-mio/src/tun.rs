@@ -49,6 +49,8 @@ const CLONE_DEVICE: &str = "/dev/net/tun";
 pub struct Tun {
     file: File,
     name: String,
+    /// Opened with `IFF_VNET_HDR`: see [`Tun::open_with_offload`].
+    vnet_hdr: bool,
 }
 
 impl fmt::Debug for Tun {
@@ -56,6 +58,7 @@ impl fmt::Debug for Tun {
         f.debug_struct("Tun")
             .field("name", &self.name)
             .field("fd", &self.file.as_raw_fd())
+            .field("vnet_hdr", &self.vnet_hdr)
             .finish()
     }
 }
@@ -68,6 +71,23 @@ impl Tun {
     /// (`/`, `:`, whitespace, `.`, `..`), is `InvalidInput` before any system
     /// call. Other errors name the device and say what to do (see [`explain`]).
     pub fn open(name: &str) -> io::Result<Tun> {
+        Tun::open_flags(name, false)
+    }
+
+    /// Open `name` as [`open`](Self::open) does, but with offloads (VPN-N11):
+    /// every [`read`](Self::read) and [`write`](Self::write) carries a 10-byte
+    /// `virtio_net_hdr` before the packet (see `ferry_core::vpn::offload`),
+    /// and the kernel may hand over TCP/IPv4 super-packets of up to 64 KiB
+    /// (`TUN_F_TSO4`) and packets whose checksum is left to complete
+    /// (`TUN_F_CSUM`), and accepts both back. A kernel that refuses the
+    /// offloads still gets the header, always without offload (a warning says so).
+    pub fn open_with_offload(name: &str) -> io::Result<Tun> {
+        let mut tun = Tun::open_flags(name, true)?;
+        tun.vnet_hdr = true;
+        Ok(tun)
+    }
+
+    fn open_flags(name: &str, vnet_hdr: bool) -> io::Result<Tun> {
         check_name(name)?;
         let file = OpenOptions::new()
             .read(true)
@@ -76,13 +96,38 @@ impl Tun {
             .open(CLONE_DEVICE)
             .map_err(|e| explain(Step::Open, name, e))?;
         let mut req = ifreq(name);
-        req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+        let mut flags = libc::IFF_TUN | libc::IFF_NO_PI;
+        if vnet_hdr {
+            flags |= libc::IFF_VNET_HDR;
+        }
+        req.ifr_ifru.ifru_flags = flags as libc::c_short;
         sys::ioctl(file.as_fd(), libc::TUNSETIFF, &mut req)
             .map_err(|e| explain(Step::Attach, name, e))?;
         // The kernel wrote the actual name back (e.g. `tun3` for "" or `ferry%d`).
         let name = name_of(&req);
-        tracing::debug!(%name, "TUN device open");
-        Ok(Tun { file, name })
+        if vnet_hdr {
+            let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
+            if let Err(e) = sys::set_offload(file.as_fd(), offloads) {
+                tracing::warn!(%name, "TUN offloads refused ({e}): one packet per read");
+            }
+        }
+        tracing::debug!(%name, vnet_hdr, "TUN device open");
+        Ok(Tun {
+            file,
+            name,
+            vnet_hdr: false,
+        })
+    }
+
+    /// Whether reads and writes carry a `virtio_net_hdr` (opened with
+    /// [`open_with_offload`](Self::open_with_offload)).
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// Write `header` and `packet` in one `writev`: one packet to the device.
+    pub fn write_parts(&self, header: &[u8], packet: &[u8]) -> io::Result<usize> {
+        (&self.file).write_vectored(&[io::IoSlice::new(header), io::IoSlice::new(packet)])
     }
 
     /// The device's name, as the kernel knows it.
@@ -154,6 +199,7 @@ impl Tun {
         Ok(Tun {
             file: self.file.try_clone()?,
             name: self.name.clone(),
+            vnet_hdr: self.vnet_hdr,
         })
     }
 
@@ -398,6 +444,24 @@ mod sys {
         // through the pointer, and `req` is a valid, initialised, exclusively
         // borrowed `ifreq` that outlives the call.
         let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, std::ptr::from_mut(req)) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `ioctl(fd, TUNSETOFFLOAD, offloads)`: the argument is the value itself.
+    pub(super) fn set_offload(fd: BorrowedFd<'_>, offloads: libc::c_uint) -> io::Result<()> {
+        // SAFETY: `fd` is open for the whole call (borrowed); TUNSETOFFLOAD
+        // takes its argument by value and touches no memory of ours.
+        let rc = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                libc::c_ulong::from(offloads),
+            )
+        };
         if rc < 0 {
             Err(io::Error::last_os_error())
         } else {

@@ -58,7 +58,9 @@ const CWR: u8 = 0x80;
 /// host's byte order, as a TUN device without `TUNSETVNETLE/BE` uses them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VnetHdr {
+    /// [`F_NEEDS_CSUM`] or 0.
     pub flags: u8,
+    /// [`GSO_NONE`], [`GSO_TCPV4`] (maybe with [`GSO_ECN`]), ...
     pub gso_type: u8,
     /// Bytes of headers (IP and TCP) before the payload.
     pub hdr_len: u16,
@@ -309,6 +311,7 @@ struct Join {
 }
 
 impl Coalescer {
+    /// An empty burst.
     pub fn new() -> Coalescer {
         Coalescer::default()
     }
@@ -328,10 +331,10 @@ impl Coalescer {
                 .iter_mut()
                 .rev()
                 .find(|run| run.flow == Some(flow));
-            if let (Some(run), Some(p)) = (latest, parsed.as_ref()) {
-                if run.try_join(packet, p) {
-                    return;
-                }
+            if let (Some(run), Some(p)) = (latest, parsed.as_ref())
+                && run.try_join(packet, p)
+            {
+                return;
             }
             // Whatever comes next of this flow must not overtake this packet.
             for run in self.runs.iter_mut().filter(|run| run.flow == Some(flow)) {

@@ -66,6 +66,11 @@ pub struct ClientArgs {
     /// The TUN device's MTU (each packet gains 34 bytes of headers in UDP).
     #[arg(long, value_name = "BYTES", default_value_t = 1400)]
     mtu: u32,
+    /// Open the TUN device without offloads: one packet per read and write
+    /// (by default the kernel hands over TCP segments of up to 64 KiB, cut
+    /// into MTU-sized packets for the wire, and received ones are joined).
+    #[arg(long)]
+    no_offload: bool,
     /// PBKDF2 iterations for the peer key; the same on every node.
     #[arg(long, value_name = "N", default_value_t = ferry_core::vpn::crypto::DEFAULT_ITERATIONS)]
     kdf_iterations: u32,
@@ -94,7 +99,11 @@ pub fn run(args: ClientArgs, password: Vec<u8>) -> anyhow::Result<()> {
         .map(|text| parse_cidr(text).map_err(anyhow::Error::from))
         .transpose()
         .context("--address")?;
-    let tun = Tun::open(&args.tun)?;
+    let tun = if args.no_offload {
+        Tun::open(&args.tun)?
+    } else {
+        Tun::open_with_offload(&args.tun)?
+    };
     tun.set_mtu(args.mtu)?;
     if let Some((ip, prefix)) = address {
         tun.set_address(ip, prefix)?;

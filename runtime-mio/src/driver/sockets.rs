@@ -162,7 +162,7 @@ pub(super) struct Sockets {
     /// (false: every direction copies, as on other systems; for tests).
     pub(super) splice: bool,
     /// While set, `SendTo` only queues (see [`Sockets::cork`]).
-    corked: bool,
+    pub(super) corked: bool,
     /// UDP sockets given datagrams while corked.
     corked_udps: Vec<SocketId>,
     /// Scratch for one train of datagrams.
@@ -1062,6 +1062,8 @@ impl Sockets {
         while let Some(id) = self.corked_udps.pop() {
             self.flush_udp(id);
         }
+        #[cfg(target_os = "linux")]
+        self.flush_tun();
     }
 
     pub(super) fn flush_udp(&mut self, id: SocketId) {

@@ -1,11 +1,17 @@
 //! The driver's TUN device: what it reads is fed as `TunPacket`, `WriteTun`
 //! is written at once. IP is lossy: a packet the device refuses is dropped and
 //! counted, never queued.
+//!
+//! A device opened with offloads (`Tun::open_with_offload`) reads TCP
+//! super-packets, fed segment by segment, and the packets a burst writes
+//! (while the sockets are corked) are joined per TCP flow into super-packets
+//! at the burst's end (`ferry_core::vpn::offload`, VPN-N11).
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use ferry_core::vpn::offload::{Coalescer, VNET_HDR_LEN};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
@@ -22,7 +28,16 @@ pub(super) struct TunPort {
     /// Packets `WriteTun` asked for that the device refused.
     dropped: u64,
     last_warning: Option<Instant>,
+    /// With offloads: the burst's packets, joined at its end.
+    pub(super) coalescer: Coalescer,
+    /// With offloads: the read buffer (header and up to 64 KiB of packet) and
+    /// the segment cut from it.
+    pub(super) read_buf: Vec<u8>,
+    pub(super) segment: Vec<u8>,
 }
+
+/// A header, then the largest IPv4 packet.
+pub(super) const OFFLOAD_READ: usize = VNET_HDR_LEN + 65_535;
 
 impl Sockets {
     /// Read `tun` from now on (edge-triggered, readable only); a device
@@ -38,11 +53,19 @@ impl Sockets {
             self.tokens.remove(&token);
             return Err(e);
         }
+        let read_buf = if tun.vnet_hdr() {
+            vec![0; OFFLOAD_READ]
+        } else {
+            Vec::new()
+        };
         let port = TunPort {
             dev: tun,
             token,
             dropped: 0,
             last_warning: None,
+            coalescer: Coalescer::new(),
+            read_buf,
+            segment: Vec::new(),
         };
         if let Some(old) = self.tun.replace(port) {
             let _ = self
@@ -55,8 +78,9 @@ impl Sockets {
         Ok(())
     }
 
-    /// `WriteTun`: one write, now. Without a device (or when it refuses the
-    /// packet: `WouldBlock`, `ENOBUFS`, a malformed packet) the packet is dropped.
+    /// `WriteTun`: one write, now (with offloads and corked: at the burst's
+    /// end, joined). Without a device (or when it refuses the packet:
+    /// `WouldBlock`, `ENOBUFS`, a malformed packet) the packet is dropped.
     pub(super) fn write_tun(&mut self, packet: &[u8]) {
         let Some(port) = self.tun.as_mut() else {
             if self.tun_warned {
@@ -67,27 +91,51 @@ impl Sockets {
             }
             return;
         };
-        loop {
-            match port.dev.write(packet) {
-                Ok(n) if n == packet.len() => return,
-                Ok(n) => {
-                    tracing::debug!(
-                        device = port.dev.name(),
-                        n,
-                        len = packet.len(),
-                        "short TUN write"
-                    );
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return port.drop_packet(packet.len(), &e),
+        if port.dev.vnet_hdr() {
+            if self.corked {
+                port.coalescer.push(packet);
+            } else {
+                port.write(&[0; VNET_HDR_LEN], packet);
             }
+            return;
         }
+        port.write(&[], packet);
+    }
+
+    /// Write what the burst's packets were joined into.
+    pub(super) fn flush_tun(&mut self) {
+        let Some(port) = self.tun.as_mut() else {
+            return;
+        };
+        let mut coalescer = std::mem::take(&mut port.coalescer);
+        coalescer.drain(|joined| port.write(&[], joined));
+        port.coalescer = coalescer;
     }
 }
 
 impl TunPort {
-    fn drop_packet(&mut self, len: usize, error: &io::Error) {
+    /// One write of `header` and `packet` (which may hold the header itself).
+    fn write(&mut self, header: &[u8], packet: &[u8]) {
+        let len = header.len() + packet.len();
+        loop {
+            let written = if header.is_empty() {
+                self.dev.write(packet)
+            } else {
+                self.dev.write_parts(header, packet)
+            };
+            match written {
+                Ok(n) if n == len => return,
+                Ok(n) => {
+                    tracing::debug!(device = self.dev.name(), n, len, "short TUN write");
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.drop_packet(len, &e),
+            }
+        }
+    }
+
+    pub(super) fn drop_packet(&mut self, len: usize, error: &io::Error) {
         self.dropped += 1;
         let now = Instant::now();
         let device = self.dev.name();
