@@ -369,8 +369,21 @@ impl Sealer {
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), CryptoError> {
+        self.seal_parts(to, &[], plaintext, out)
+    }
+
+    /// [`seal`](Self::seal) the plaintext `first` followed by `rest`, without
+    /// putting them together first (a message kind and its payload).
+    pub fn seal_parts(
+        &mut self,
+        to: Ipv4Addr,
+        first: &[u8],
+        rest: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         out.clear();
-        if plaintext.len() > MAX_PLAINTEXT {
+        let len = first.len() + rest.len();
+        if len > MAX_PLAINTEXT {
             return Err(CryptoError::TooLong);
         }
         if self.next == u64::MAX {
@@ -381,9 +394,10 @@ impl Sealer {
             session: self.session,
             counter: self.next,
         };
-        out.reserve(OVERHEAD + plaintext.len());
+        out.reserve(OVERHEAD + len);
         out.extend_from_slice(&header.encode());
-        out.extend_from_slice(plaintext);
+        out.extend_from_slice(first);
+        out.extend_from_slice(rest);
         let sealed = self.cipher.encrypt_inout_detached(
             &header.nonce(),
             &header.aad(to),

@@ -165,8 +165,6 @@ pub(super) struct Sockets {
     pub(super) corked: bool,
     /// UDP sockets given datagrams while corked.
     corked_udps: Vec<SocketId>,
-    /// Scratch for one train of datagrams.
-    train: Vec<u8>,
 }
 
 impl Sockets {
@@ -192,7 +190,6 @@ impl Sockets {
             splice: true,
             corked: false,
             corked_udps: Vec::new(),
-            train: Vec::new(),
         }
     }
 
@@ -1073,9 +1070,10 @@ impl Sockets {
         while let Some((to, data)) = udp.queue.front() {
             let to = *to;
             #[cfg(target_os = "linux")]
-            let sent = match train(&udp.queue, udp.train_max, &mut self.train) {
+            let sent = match train(&udp.queue, udp.train_max) {
                 Some((count, segment)) => {
-                    match super::udp_gso::send_train(&udp.socket, to, &self.train, segment) {
+                    let parts = udp.queue.iter().take(count).map(|(_, d)| d.as_slice());
+                    match super::udp_gso::send_train(&udp.socket, to, parts, segment) {
                         Ok(_) => Ok(count),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -1141,13 +1139,12 @@ const TRAIN_MAX_DATAGRAM: usize = 1472;
 /// The train at the head of `queue`: the longest run of at least two
 /// datagrams to the same address, all of the first one's size (the last may
 /// be shorter, and ends the run), at most `train_max` bytes each, within the
-/// kernel's limits; copied into `train`. Returns the run's length and segment
-/// size, or `None` to send the head alone.
+/// kernel's limits. Returns the run's length and segment size, or `None` to
+/// send the head alone.
 #[cfg(target_os = "linux")]
 pub(super) fn train(
     queue: &VecDeque<(SocketAddr, Vec<u8>)>,
     train_max: usize,
-    train: &mut Vec<u8>,
 ) -> Option<(usize, u16)> {
     use super::udp_gso::{MAX_SEGMENTS, MAX_TRAIN};
     let (to, first) = queue.front()?;
@@ -1169,10 +1166,6 @@ pub(super) fn train(
     }
     if count < 2 {
         return None;
-    }
-    train.clear();
-    for (_, data) in queue.iter().take(count) {
-        train.extend_from_slice(data);
     }
     Some((count, u16::try_from(segment).ok()?))
 }

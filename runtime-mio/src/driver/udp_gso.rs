@@ -22,7 +22,8 @@ use std::ptr;
 use libc::{c_int, c_void, socklen_t};
 
 /// At most this many datagrams in one `UDP_SEGMENT` send (the kernel's
-/// `UDP_MAX_SEGMENTS` is 64 on older kernels, 128 on newer ones).
+/// `UDP_MAX_SEGMENTS` is 64 on older kernels, 128 on newer ones); also the
+/// most parts (iovecs) one train is sent from.
 pub(super) const MAX_SEGMENTS: usize = 64;
 /// A train's total payload stays below this (one UDP datagram's limit is
 /// 65,507 bytes; the kernel checks the train against the same bound).
@@ -137,25 +138,39 @@ impl RawAddr {
 /// shorter) in one `sendmsg`. Errors as `sendmsg`'s: `EINVAL` when a segment
 /// does not fit the path MTU, `EIO` when the route's device cannot offload.
 #[allow(unsafe_code)]
-pub(super) fn send_train(
+pub(super) fn send_train<'a>(
     socket: &impl AsRawFd,
     to: SocketAddr,
-    train: &[u8],
+    parts: impl IntoIterator<Item = &'a [u8]>,
     segment: u16,
 ) -> io::Result<usize> {
     let mut addr = RawAddr::new(to);
     let (name, namelen) = addr.as_ptr_len();
-    let mut iov = libc::iovec {
-        iov_base: train.as_ptr().cast_mut().cast(),
-        iov_len: train.len(),
-    };
+    let mut iovs = [libc::iovec {
+        iov_base: ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_SEGMENTS];
+    let mut count = 0;
+    for part in parts {
+        let Some(iov) = iovs.get_mut(count) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a UDP train of more than MAX_SEGMENTS parts",
+            ));
+        };
+        *iov = libc::iovec {
+            iov_base: part.as_ptr().cast_mut().cast(),
+            iov_len: part.len(),
+        };
+        count += 1;
+    }
     let mut control = Control([0; 64]);
     // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_name = name;
     msg.msg_namelen = namelen;
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
+    msg.msg_iov = iovs.as_mut_ptr();
+    msg.msg_iovlen = count as _;
     msg.msg_control = control.0.as_mut_ptr().cast();
     let data_len = u32::try_from(mem::size_of::<u16>()).unwrap_or(2);
     // SAFETY: CMSG_SPACE is arithmetic; 64 bytes hold one header and a u16.
@@ -170,7 +185,9 @@ pub(super) fn send_train(
         (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as _;
         ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
     }
-    // SAFETY: every pointer in msg refers to a live local or to `train`.
+    // SAFETY: every pointer in msg refers to a live local, or (the first
+    // `count` iovecs) to a part borrowed for the whole call; the kernel only
+    // reads them.
     let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &raw const msg, 0) };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
@@ -265,7 +282,9 @@ mod tests {
             let len = if k == 10 { 300 } else { 1000 };
             train.extend(std::iter::repeat_n(k, len));
         }
-        let sent = send_train(&tx, to, &train, 1000).expect("sendmsg with UDP_SEGMENT");
+        // Sent from parts cut elsewhere than the segments: the kernel reads
+        // them as one stream.
+        let sent = send_train(&tx, to, train.chunks(1500), 1000).expect("sendmsg with UDP_SEGMENT");
         assert_eq!(sent, train.len());
         rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .expect("timeout");
@@ -297,7 +316,7 @@ mod tests {
         // 66 segments of 1000 bytes: more than one IP datagram may carry, so
         // the driver keeps its trains under MAX_TRAIN.
         let train = vec![0u8; 66_000];
-        let result = send_train(&tx, rx.local_addr().expect("addr"), &train, 1000);
+        let result = send_train(&tx, rx.local_addr().expect("addr"), [&train[..]], 1000);
         assert!(result.is_err(), "{result:?}");
         assert!(train.len() > MAX_TRAIN);
     }

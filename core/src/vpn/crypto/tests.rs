@@ -843,3 +843,22 @@ fn quickcheck_hash_eq_matches_slice_equality() {
         .tests(500)
         .quickcheck(prop as fn(Vec<u8>, Vec<u8>) -> bool);
 }
+
+/// `seal_parts` is `seal` of the parts put together: the same datagram.
+#[test]
+fn sealing_in_parts_is_sealing_the_whole() {
+    let master = master();
+    let mut whole = Sealer::with_session(&master, A, 7);
+    let mut parts = Sealer::with_session(&master, A, 7);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    whole.seal(B, b"\x01packet bytes", &mut a).unwrap();
+    parts.seal_parts(B, b"\x01", b"packet bytes", &mut b).unwrap();
+    assert_eq!(a, b);
+    let mut opener = Opener::new(&master, A, B);
+    assert_eq!(opener.open(&b).unwrap(), b"\x01packet bytes");
+    let too_long = vec![0; MAX_PLAINTEXT];
+    assert_eq!(
+        parts.seal_parts(B, b"\x01", &too_long, &mut b),
+        Err(CryptoError::TooLong)
+    );
+}

@@ -1,6 +1,7 @@
 //! Where packets go (VPN-S23, VPN-R4, VPN-R5): to the TUN, to a CONNECTED
 //! peer, through a relaying neighbour, or through the server.
 
+use std::borrow::Cow;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
@@ -39,16 +40,19 @@ impl Node {
             self.stats.dropped_bad_packet += 1;
             return;
         }
-        let relaying = came_from.is_some();
-        let mut bytes = packet.as_bytes().to_vec();
-        if relaying {
+        // Our own packets go as they are; a relayed one loses a hop (copied).
+        let bytes: Cow<'_, [u8]> = if came_from.is_some() {
+            let mut bytes = packet.as_bytes().to_vec();
             if bytes[8] < MIN_RELAY_TTL {
                 self.stats.dropped_ttl += 1;
                 return;
             }
             decrement_ttl(&mut bytes);
             self.stats.relayed += 1;
-        }
+            Cow::Owned(bytes)
+        } else {
+            Cow::Borrowed(packet.as_bytes())
+        };
         let direct = self
             .peers
             .get(&dst)
@@ -63,10 +67,8 @@ impl Node {
             Some((next, to))
         });
         if let Some((vip, to)) = via {
-            let mut plain = Vec::with_capacity(bytes.len() + 1);
-            plain.push(crate::vpn::wire::peer_kind::FORWARD);
-            plain.extend_from_slice(&bytes);
-            if self.send_sealed(vip, to, &plain) {
+            let kind = [crate::vpn::wire::peer_kind::FORWARD];
+            if self.send_sealed(vip, to, &kind, &bytes) {
                 self.stats.direct_out += 1;
                 return;
             }
@@ -74,12 +76,19 @@ impl Node {
         self.forward_via_server(&bytes);
     }
 
-    pub(super) fn send_sealed(&mut self, vip: Ipv4Addr, to: SocketAddrV4, plain: &[u8]) -> bool {
+    /// Seal the plaintext `first ‖ rest` for `vip` and send it to `to`.
+    pub(super) fn send_sealed(
+        &mut self,
+        vip: Ipv4Addr,
+        to: SocketAddrV4,
+        first: &[u8],
+        rest: &[u8],
+    ) -> bool {
         let (Some(socket), Some(keys)) = (self.udp, &mut self.keys) else {
             return false;
         };
         let mut out = Vec::new();
-        if keys.sealer.seal(vip, plain, &mut out).is_err() {
+        if keys.sealer.seal_parts(vip, first, rest, &mut out).is_err() {
             return false;
         }
         self.actions.push_back(Action::SendTo {
