@@ -585,10 +585,14 @@ impl<M: Machine> Driver<M> {
                 }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
+                    // What one read makes the machine send or write (e.g. a
+                    // VPN's packets from its server) leaves as one burst.
+                    self.sockets.cork();
                     let data = &self.sockets.buf[..n];
                     self.machine
                         .handle_input(Input::Received { conn: id, data }, Instant::now());
                     self.settle(on_event);
+                    self.sockets.uncork();
                     // A short read emptied the socket; the next byte brings a new edge.
                     if short_read_drains && n < self.sockets.buf.len() {
                         return;
