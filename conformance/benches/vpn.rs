@@ -33,6 +33,9 @@
 //! (seal + open of 1400-byte packets on one core, in this process): the CPU
 //! the direct path cannot go below.
 //!
+//! `FERRY_BENCH_VPN_NO_OFFLOAD=1` starts the clients with `--no-offload`
+//! (one packet per TUN read and write), to see what the offloads bring.
+//!
 //! `FERRY_BIN` names the `ferry` binary; by default the bench builds it
 //! (`cargo build --release -p ferry-mio --bin ferry`) next to itself.
 
@@ -219,6 +222,9 @@ fn start_overlay(
             .stderr(Stdio::inherit());
         if !p2p {
             client.arg("--no-p2p");
+        }
+        if std::env::var_os("FERRY_BENCH_VPN_NO_OFFLOAD").is_some_and(|v| v == "1") {
+            client.arg("--no-offload");
         }
         if let Ok(mtu) = std::env::var("FERRY_BENCH_VPN_MTU") {
             client.args(["--mtu", &mtu]);
