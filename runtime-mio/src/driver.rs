@@ -727,7 +727,10 @@ impl<M: Machine> Driver<M> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
             Err(e) => {
-                tracing::warn!(device = port.dev.name(), "reading the TUN device failed: {e}");
+                tracing::warn!(
+                    device = port.dev.name(),
+                    "reading the TUN device failed: {e}"
+                );
                 return false;
             }
         };

@@ -1017,17 +1017,11 @@ fn udp_trains_are_equal_sized_runs_to_one_address() {
     // Another address ends the run; a lone datagram is no train.
     let q = queue(&[(a, 1000), (a, 1000), (b, 1000)]);
     assert_eq!(train(&q, 1472), Some((2, 1000)));
-    assert_eq!(
-        train(&queue(&[(a, 1000), (b, 1000)]), 1472),
-        None
-    );
+    assert_eq!(train(&queue(&[(a, 1000), (b, 1000)]), 1472), None);
     // A longer one ends it too; larger than train_max: sent alone.
     let q = queue(&[(a, 500), (a, 1000)]);
     assert_eq!(train(&q, 1472), None);
-    assert_eq!(
-        train(&queue(&[(a, 1000), (a, 1000)]), 999),
-        None
-    );
+    assert_eq!(train(&queue(&[(a, 1000), (a, 1000)]), 999), None);
     // At most 64 datagrams and 65,000 bytes.
     let q = queue(&[(a, 100); 100]);
     assert_eq!(train(&q, 1472), Some((64, 100)));

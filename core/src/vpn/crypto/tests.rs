@@ -852,7 +852,9 @@ fn sealing_in_parts_is_sealing_the_whole() {
     let mut parts = Sealer::with_session(&master, A, 7);
     let (mut a, mut b) = (Vec::new(), Vec::new());
     whole.seal(B, b"\x01packet bytes", &mut a).unwrap();
-    parts.seal_parts(B, b"\x01", b"packet bytes", &mut b).unwrap();
+    parts
+        .seal_parts(B, b"\x01", b"packet bytes", &mut b)
+        .unwrap();
     assert_eq!(a, b);
     let mut opener = Opener::new(&master, A, B);
     assert_eq!(opener.open(&b).unwrap(), b"\x01packet bytes");

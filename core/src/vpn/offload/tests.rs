@@ -49,7 +49,9 @@ fn segment(flow: u8, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 fn bytes(n: usize, salt: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt))
+        .collect()
 }
 
 fn seq_of(p: &[u8]) -> u32 {
@@ -195,7 +197,10 @@ fn other_super_packets_are_refused() {
         ..tcp
     };
     assert_eq!(split(&tcp, &mut udp_packet), Err(OffloadError::Malformed));
-    assert_eq!(split(&tcp, &mut p[..30].to_vec()), Err(OffloadError::Malformed));
+    assert_eq!(
+        split(&tcp, &mut p[..30].to_vec()),
+        Err(OffloadError::Malformed)
+    );
 }
 
 /// VPN-N11: consecutive segments of one flow are written as one super-packet
