@@ -684,10 +684,10 @@ impl<M: Machine> Driver<M> {
                 if let Some(port) = self.sockets.tun.as_mut() {
                     port.read_buf = buf;
                 }
-                if more {
-                    continue;
+                if !more {
+                    return;
                 }
-                return;
+                continue;
             }
             match port.dev.read(&mut self.sockets.buf) {
                 Ok(0) => return,

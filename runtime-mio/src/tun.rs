@@ -82,9 +82,7 @@ impl Tun {
     /// (`TUN_F_CSUM`), and accepts both back. A kernel that refuses the
     /// offloads still gets the header, always without offload (a warning says so).
     pub fn open_with_offload(name: &str) -> io::Result<Tun> {
-        let mut tun = Tun::open_flags(name, true)?;
-        tun.vnet_hdr = true;
-        Ok(tun)
+        Tun::open_flags(name, true)
     }
 
     fn open_flags(name: &str, vnet_hdr: bool) -> io::Result<Tun> {
@@ -115,7 +113,7 @@ impl Tun {
         Ok(Tun {
             file,
             name,
-            vnet_hdr: false,
+            vnet_hdr,
         })
     }
 

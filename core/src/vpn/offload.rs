@@ -323,8 +323,8 @@ impl Coalescer {
 
     /// Take `packet` (an IPv4 packet, as the machine wrote it) into the burst.
     pub fn push(&mut self, packet: &[u8]) {
-        let parsed = joinable(packet);
-        let flow = parsed.map(|p| p.flow).or_else(|| flow_of(packet));
+        let flow = flow_of(packet);
+        let parsed = flow.and_then(|_| joinable(packet));
         if let Some(flow) = flow {
             let searched = self.runs.len().saturating_sub(RUNS_SEARCHED);
             let latest = self.runs[searched..]
@@ -443,7 +443,6 @@ struct Parsed {
     tcp_len: usize,
     payload: usize,
     seq: u32,
-    flow: [u8; 12],
     /// PSH: nothing may follow it in a run.
     last: bool,
 }
@@ -481,7 +480,6 @@ fn joinable(packet: &[u8]) -> Option<Parsed> {
         tcp_len,
         payload,
         seq: u32::from_be_bytes([packet[at], packet[at + 1], packet[at + 2], packet[at + 3]]),
-        flow: flow_of(packet)?,
         last: flags & PSH != 0,
     })
 }

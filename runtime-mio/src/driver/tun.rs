@@ -135,7 +135,7 @@ impl TunPort {
         }
     }
 
-    pub(super) fn drop_packet(&mut self, len: usize, error: &io::Error) {
+    fn drop_packet(&mut self, len: usize, error: &io::Error) {
         self.dropped += 1;
         let now = Instant::now();
         let device = self.dev.name();
