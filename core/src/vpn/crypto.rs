@@ -610,9 +610,10 @@ impl Opener {
             let session = &self.sessions[i];
             session.window.check(header.counter)?;
             let plain = decrypt(&session.cipher)?;
-            let mut session = self.sessions.remove(i);
-            session.window.accept(header.counter);
-            self.sessions.insert(0, session);
+            // Most recent first; the current session (i = 0) is not moved:
+            // a session holds its cipher's key schedules, hundreds of bytes.
+            self.sessions[..=i].rotate_right(1);
+            self.sessions[0].window.accept(header.counter);
             Ok(plain)
         } else {
             // A session evicted before resumes above the counter it had

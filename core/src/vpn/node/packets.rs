@@ -13,6 +13,14 @@ impl Node {
         self.actions.push_back(Action::WriteTun(packet.to_vec()));
     }
 
+    /// [`Node::write_tun`] of `buf[range]`, reusing `buf`.
+    pub(super) fn write_tun_owned(&mut self, mut buf: Vec<u8>, range: std::ops::Range<usize>) {
+        self.stats.tun_out += 1;
+        buf.truncate(range.end);
+        buf.drain(..range.start);
+        self.actions.push_back(Action::WriteTun(buf));
+    }
+
     pub(super) fn tun_packet(&mut self, data: &[u8], now: Instant) {
         self.stats.tun_in += 1;
         match Ipv4Packet::new_checked(data) {
