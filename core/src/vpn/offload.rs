@@ -231,15 +231,29 @@ fn complete_checksum(packet: &mut [u8], start: usize, offset: usize) -> Result<(
 
 /// The one's-complement sum of `bytes` (as big-endian 16-bit words, an odd
 /// last byte padded with zero) added to `sum`, not yet folded.
-pub fn ones_sum(bytes: &[u8], mut sum: u64) -> u64 {
-    let mut words = bytes.chunks_exact(4);
+///
+/// Eight bytes at a time, little-endian, in two 32-bit halves, then folded to
+/// 32 bits and byte-swapped: a one's-complement sum does not depend on the
+/// byte order it is taken in, only the result's bytes swap (RFC 1071,
+/// section 2(B)). About twice as fast as big-endian 32-bit words here.
+pub fn ones_sum(bytes: &[u8], sum: u64) -> u64 {
+    let half_sums = |v: u64| (v & 0xffff_ffff) + (v >> 32);
+    let mut words = bytes.chunks_exact(8);
+    let mut acc = 0u64;
     for w in &mut words {
-        sum += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        acc += half_sums(u64::from_le_bytes(word));
     }
     let rest = words.remainder();
-    let mut tail = [0u8; 4];
+    let mut tail = [0u8; 8];
     tail[..rest.len()].copy_from_slice(rest);
-    sum + u64::from(u32::from_be_bytes(tail))
+    acc += half_sums(u64::from_le_bytes(tail));
+    // Three folds: < 2^33, then <= 2^32, then < 2^32 (the end-around
+    // carries). Its little-endian 16-bit words, swapped, are the big-endian
+    // words' sum.
+    let acc = half_sums(half_sums(half_sums(acc)));
+    sum + u64::from((acc as u32).swap_bytes())
 }
 
 /// Fold a sum from [`ones_sum`] into 16 bits (not inverted).

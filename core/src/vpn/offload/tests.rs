@@ -91,6 +91,18 @@ fn ones_sum_agrees_with_the_word_by_word_sum() {
     }
     let big = vec![0xff; 70_000];
     assert_eq!(fold(ones_sum(&big, 0)), reference_sum(&big));
+    // Carries at every fold: 2 x 0xffff_ffff + 1 in 32-bit halves.
+    let mut carries = vec![0xff; 8];
+    carries.extend_from_slice(&[1, 0, 0, 0]);
+    for len in 8..=carries.len() {
+        let data = &carries[..len];
+        assert_eq!(fold(ones_sum(data, 0)), reference_sum(data), "len {len}");
+        assert_eq!(
+            fold(ones_sum(data, 0xffff)),
+            fold(u64::from(reference_sum(data)) + 0xffff),
+            "len {len}, with a sum carried in"
+        );
+    }
 }
 
 #[test]
