@@ -91,7 +91,7 @@ fn ones_sum_agrees_with_the_word_by_word_sum() {
     }
     let big = vec![0xff; 70_000];
     assert_eq!(fold(ones_sum(&big, 0)), reference_sum(&big));
-    // Carries at every fold: 2 x 0xffff_ffff + 1 in 32-bit halves.
+    // End-around carries: halves 2 x 0xffff_ffff + 1 fold to 2^32, then to 1.
     let mut carries = vec![0xff; 8];
     carries.extend_from_slice(&[1, 0, 0, 0]);
     for len in 8..=carries.len() {
