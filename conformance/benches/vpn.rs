@@ -37,7 +37,8 @@
 //! (one packet per TUN read and write), to see what the offloads bring.
 //!
 //! `FERRY_BIN` names the `ferry` binary; by default the bench builds it
-//! (`cargo build --release -p ferry-mio --bin ferry`) next to itself.
+//! (`cargo build --release -p ferry-mio --bin ferry`) into
+//! `target/bench-ferry`, so that consecutive runs reuse it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark binary: its output is the point
 
@@ -364,7 +365,7 @@ fn report(samples: &[(Path, Sample)], seconds: usize, repeat: usize) {
     let ratio = medians[1] / medians[0];
     println!();
     let verdict = if ratio >= TARGET { "met" } else { "MISSED" };
-    println!("direct/plain {ratio:.2} (target >= {TARGET}: {verdict})");
+    println!("direct/plain {ratio:.3} (target >= {TARGET}: {verdict})");
 }
 
 /// The AEAD alone, in this process on one core: seal and open 1400-byte
@@ -397,7 +398,10 @@ fn aead_ceiling() {
     );
 }
 
-/// `FERRY_BIN`, or the release `ferry` next to this bench binary, built first.
+/// `FERRY_BIN`, or the release `ferry`, built first into its own target
+/// directory (`target/bench-ferry`): built next to this bench, it would be
+/// rebuilt on every run, because `cargo bench` resolves the shared crates'
+/// features with the dev-dependencies and overwrites the artifacts.
 fn ferry_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("FERRY_BIN") {
         return PathBuf::from(bin);
@@ -406,8 +410,17 @@ fn ferry_binary() -> PathBuf {
         .parent()
         .expect("the workspace")
         .to_owned();
+    // This bench runs as TARGET/release/deps/vpn-HASH.
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("the target directory")
+        .join("bench-ferry");
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["build", "--release", "-p", "ferry-mio", "--bin", "ferry"])
+        .arg("--target-dir")
+        .arg(&target)
         .current_dir(&workspace)
         .status()
         .expect("cargo ran");
@@ -415,11 +428,5 @@ fn ferry_binary() -> PathBuf {
         status.success(),
         "cargo build --release -p ferry-mio failed"
     );
-    // This bench runs as target/release/deps/vpn-HASH.
-    let exe = std::env::current_exe().expect("the bench's own path");
-    let release = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/release");
-    release.join("ferry")
+    target.join("release").join("ferry")
 }
