@@ -9,6 +9,11 @@
 //! own (both checksums, computed here independently, sizes, the byte stream).
 //! The other way, the test's segments go through `Coalescer` and the kernel
 //! must take the joined super-packet as the segments it stands for.
+//!
+//! A second test runs the `ferry_mio` driver itself on such a device: the
+//! packets a machine writes for the datagrams of one wakeup reach the device
+//! joined, across datagrams (VPN-N11's one burst per wakeup), as a packet
+//! socket on the device sees.
 
 #![cfg(target_os = "linux")]
 
@@ -16,12 +21,15 @@
 #[path = "support/tun_lab.rs"]
 mod tun_lab;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ferry_core::io::{Action, CORE_ID_BIT, Input, Machine, SocketId};
 use ferry_core::vpn::offload::{
     Coalescer, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, Split, VNET_HDR_LEN, VnetHdr, split,
 };
@@ -275,6 +283,196 @@ fn talk_tcp_through_the_device() -> Report {
         }
     }
     report
+}
+
+/// Datagrams the driver's test machine is sent after [`STALL_DATAGRAM`].
+const JOINED_SEGMENTS: usize = 24;
+/// The datagram that makes the test machine sleep [`STALL`] inside
+/// `handle_input`, so the next ones wait in the socket for the same wakeup.
+const STALL_DATAGRAM: &[u8] = b"stall";
+const STALL: Duration = Duration::from_millis(500);
+
+/// VPN-N11, one burst per wakeup: the driver feeds the datagrams a wakeup
+/// reads (up to 16 reads) with its sockets corked, so the `WriteTun`s they
+/// cause are joined per TCP flow across datagrams and reach the device as
+/// a few super-packets, in order, rather than one write per datagram.
+#[test]
+fn a_wakeups_datagrams_reach_an_offloading_device_joined() {
+    let Some(ns) = lab("a_wakeups_datagrams_reach_an_offloading_device_joined", &[]) else {
+        return;
+    };
+    let writes = ns.run_inside(drive_datagrams_to_the_device);
+    eprintln!("VPN-N11 joined writes (IP bytes each): {writes:?}");
+}
+
+fn drive_datagrams_to_the_device() -> Vec<usize> {
+    let tun = Tun::open_with_offload("").expect("a TUN device with offloads");
+    tun.set_address(TUN_IP, 24).expect("an address");
+    tun.set_mtu(MTU as u32).expect("an MTU");
+    tun.up().expect("the device up");
+    let tap = PacketTap::open();
+    let (bound_tx, bound) = std::sync::mpsc::channel();
+    let handle = ferry_mio::driver::spawn_with_tun(TunWriter::new(), tun, move |local| {
+        let _ = bound_tx.send(local);
+    })
+    .expect("the driver");
+    let driver_addr: SocketAddr = bound
+        .recv_timeout(READ_TIMEOUT)
+        .expect("the machine's UDP socket bound");
+
+    // One flow's segments, contiguous, each its own datagram.
+    let remote = SocketAddrV4::new(TUN_IP, 9);
+    let stream = pattern(JOINED_SEGMENTS * MSS, 2);
+    let segments: Vec<Vec<u8>> = stream
+        .chunks(MSS)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let tcp = Tcp {
+                seq: PEER_ISN.wrapping_add((i * MSS) as u32),
+                ack: 1,
+                flags: ACK,
+                window: u16::MAX,
+                options: &[],
+                payload: chunk,
+            };
+            tcp_ipv4(PEER, remote, 100 + i as u16, &tcp)
+        })
+        .collect();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+    sender.send_to(STALL_DATAGRAM, driver_addr).expect("sent");
+    // The driver is now asleep in the machine; these wait for its next reads.
+    thread::sleep(Duration::from_millis(50));
+    for segment in &segments {
+        sender.send_to(segment, driver_addr).expect("sent");
+    }
+
+    // What the device took, as the kernel's packet tap sees it.
+    let mut writes = Vec::new();
+    let mut received = Vec::new();
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    while received.len() < stream.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the device took {} of {} bytes in writes {writes:?}",
+            received.len(),
+            stream.len()
+        );
+        let Some(packet) = tap.recv() else {
+            continue;
+        };
+        if !is_flow(&packet, PEER, remote) {
+            continue;
+        }
+        let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+        assert_eq!(total, packet.len(), "a joined packet's IP total length");
+        let seen = Seen::parse(&packet);
+        assert_eq!(
+            seen.seq,
+            PEER_ISN.wrapping_add(received.len() as u32),
+            "writes in order, nothing lost or doubled (after {writes:?})"
+        );
+        received.extend_from_slice(seen.payload);
+        writes.push(packet.len());
+    }
+    assert!(
+        received == stream,
+        "the device took another byte stream than was sent"
+    );
+    // 1 + 15 datagrams in the first wakeup, 9 in the next: two writes.
+    // One write per datagram (24) would mean no joining across datagrams.
+    assert!(
+        writes.len() <= 3,
+        "{JOINED_SEGMENTS} datagrams read in two wakeups made {} device writes: {writes:?}",
+        writes.len()
+    );
+    handle.shutdown();
+    handle.join().expect("the driver ends cleanly");
+    writes
+}
+
+/// The driver test's machine: binds one UDP socket (reported as its event),
+/// writes each datagram to the TUN device, and sleeps on [`STALL_DATAGRAM`].
+struct TunWriter {
+    actions: VecDeque<Action>,
+    bound: Option<SocketAddr>,
+}
+
+impl TunWriter {
+    fn new() -> TunWriter {
+        TunWriter {
+            actions: VecDeque::from([Action::BindUdp {
+                socket: SocketId(CORE_ID_BIT | 1),
+                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            }]),
+            bound: None,
+        }
+    }
+}
+
+impl Machine for TunWriter {
+    type Command = ();
+    type Event = SocketAddr;
+
+    fn handle_input(&mut self, input: Input<'_>, _now: Instant) {
+        match input {
+            Input::UdpBound { local, .. } => self.bound = Some(local),
+            Input::Datagram { data, .. } if data == STALL_DATAGRAM => thread::sleep(STALL),
+            Input::Datagram { data, .. } => self.actions.push_back(Action::WriteTun(data.to_vec())),
+            _ => {}
+        }
+    }
+
+    fn handle_command(&mut self, (): (), _now: Instant) {}
+
+    fn handle_timeout(&mut self, _now: Instant) {}
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_event(&mut self) -> Option<SocketAddr> {
+        self.bound.take()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// An `AF_PACKET` socket: every IPv4 packet the namespace's devices hand
+/// the kernel, whole (a super-packet as one), as the kernel's taps see it.
+/// (It is not bound to the TUN device: callers pick their flow, which only
+/// the device carries.)
+struct PacketTap {
+    fd: OwnedFd,
+}
+
+impl PacketTap {
+    fn open() -> PacketTap {
+        use rustix::net::{AddressFamily, SocketType, eth, sockopt};
+        let fd = rustix::net::socket(AddressFamily::PACKET, SocketType::DGRAM, Some(eth::IP))
+            .expect("a packet socket");
+        sockopt::set_socket_timeout(
+            &fd,
+            sockopt::Timeout::Recv,
+            Some(Duration::from_millis(200)),
+        )
+        .expect("a receive timeout");
+        PacketTap { fd }
+    }
+
+    /// The next packet, or `None` after the receive timeout.
+    fn recv(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 70_000];
+        match rustix::net::recv(&self.fd, &mut buf, rustix::net::RecvFlags::empty()) {
+            Ok((n, _)) => {
+                buf.truncate(n);
+                Some(buf)
+            }
+            Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::INTR => None,
+            Err(e) => panic!("reading the packet socket: {e}"),
+        }
+    }
 }
 
 /// The user-space TCP peer: one flow, [`PEER`] <-> `remote`, through the device.
